@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The main job on the default dataset: train -> evaluate -> index -> search -> plot.
+# Each step is the CLI command a user would run; everything lands in runs/mnist30/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export HF_HUB_OFFLINE=1
+de=.venv/bin/deepembed
+run=runs/mnist30
+start=$(date +%s)
+step() { echo; echo "\$ deepembed $*"; "$de" "$@"; }
+
+step train configs/mnist30.yaml
+step evaluate "$run/embeddings/test.npz"
+step index build "$run/embeddings/test.npz"
+# One example query by item id (the first unseen-class item), and one by image file.
+step search "$run/index" --id 0 -k 5
+.venv/bin/python - "$run/query.png" <<'PY'
+import sys
+from deepembed import data
+from PIL import Image
+image, label = data.open("mnist30", split="test")[7000]
+Image.fromarray((image[0].numpy() * 255).astype("uint8")).save(sys.argv[1])
+print(f"wrote {sys.argv[1]} (an unseen-class test image, label {label})")
+PY
+step search "$run/index" --image "$run/query.png" -k 5
+step plot tsne "$run/embeddings/test.npz"
+
+echo
+echo "demo finished in $(( $(date +%s) - start )) s. Results in $run/:"
+echo "  config.yaml (resolved config)  history.jsonl  metrics.json  model/  embeddings/"
+echo "  index/  tsne.png  query.png"

@@ -1,0 +1,28 @@
+"""The `deepembed` console script."""
+
+from __future__ import annotations
+
+import typer
+
+from deepembed.cli.plot import plot_app
+from deepembed.cli.search import index_app, search
+from deepembed.cli.train import embed_command, evaluate, train
+
+app = typer.Typer(
+    name="deepembed",
+    help="Deep embedding learning for image retrieval: train, embed, evaluate, index, search.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.command("train")(train)
+app.command("embed")(embed_command)
+app.command("evaluate")(evaluate)
+app.command("search")(search)
+app.add_typer(index_app, name="index")
+app.add_typer(plot_app, name="plot")
+
+
+def main() -> None:
+    """Entry point of the console script."""
+    app()

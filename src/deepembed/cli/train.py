@@ -1,0 +1,106 @@
+"""deepembed train / embed / evaluate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from deepembed import data
+from deepembed.cli.common import format_metrics, handle_errors, progress_enabled, run_dir_of
+from deepembed.config import load_config
+from deepembed.errors import UserError
+from deepembed.evaluation import evaluate as evaluate_vectors
+from deepembed.inference import Embeddings, embed
+from deepembed.io import write_json
+from deepembed.models.embedder import Embedder
+from deepembed.training import train as train_run
+
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+
+
+@handle_errors
+def train(
+    args: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="[CONFIG.yaml] then overrides such as train.epochs=1 loss.name=triplet"
+        ),
+    ] = None,
+    quiet: Quiet = False,
+) -> None:
+    """Train an embedding model; everything of the run lands in <output_dir>/<name>/."""
+    args = list(args or [])
+    config_path = args.pop(0) if args and "=" not in args[0] else None
+    config = load_config(config_path, args)
+    result = train_run(config, progress=progress_enabled(quiet))
+    typer.echo(
+        format_metrics({k: v for k, v in result.metrics.items() if k in config.eval.metrics})
+    )
+    typer.echo(f"run directory: {result.run_dir}")
+    typer.echo(f"model: {result.model_dir}")
+
+
+@handle_errors
+def embed_command(
+    model: Annotated[
+        Path, typer.Argument(help="Model directory (config.json + model.safetensors).")
+    ],
+    dataset: Annotated[str, typer.Option(help="Dataset name.")] = "mnist30",
+    split: Annotated[str, typer.Option(help="Split to embed.")] = "test",
+    root: Annotated[str, typer.Option(help="Dataset root; empty = default locations.")] = "",
+    eval_per_source: Annotated[
+        int, typer.Option(help="mnist family: test images per source.")
+    ] = 5000,
+    out: Annotated[
+        Path | None, typer.Option(help="Output .npz; default <run>/embeddings/<split>.npz")
+    ] = None,
+    quiet: Quiet = False,
+) -> None:
+    """Embed a dataset split with a trained model: vectors, labels and ids to an .npz file."""
+    embedder = Embedder.load(model)
+    items = data.open(dataset, root, split, eval_per_source)
+    embeddings = embed(embedder, items, progress=progress_enabled(quiet))
+    path = embeddings.save(out or run_dir_of(model) / "embeddings" / f"{split}.npz")
+    typer.echo(f"{len(embeddings)} embeddings of {dataset}/{split} -> {path}")
+
+
+@handle_errors
+def evaluate(
+    embeddings: Annotated[Path, typer.Argument(help="Query embeddings (.npz from `embed`).")],
+    gallery: Annotated[
+        Path | None,
+        typer.Option(help="Gallery embeddings; omitted = leave-one-out on the query set."),
+    ] = None,
+    metrics: Annotated[str, typer.Option(help="Comma-separated metric names.")] = (
+        "recall@1,recall@2,recall@4,recall@8,map@r,r_precision,nmi"
+    ),
+    distance: Annotated[str, typer.Option(help="cosine or euclidean.")] = "cosine",
+    out: Annotated[
+        Path | None, typer.Option(help="metrics.json path; default <run>/metrics.json")
+    ] = None,
+) -> None:
+    """Recall@K, MAP@R, R-precision, NMI ... of embeddings; prints a table, writes metrics.json."""
+    query = Embeddings.load(embeddings)
+    ref = Embeddings.load(gallery) if gallery is not None else None
+    if ref is not None and len(ref) == 0:
+        raise UserError(f"empty gallery: {gallery} holds no embeddings")
+    names = tuple(m.strip() for m in metrics.split(",") if m.strip())
+    result = evaluate_vectors(
+        query.vectors,
+        query.labels,
+        None if ref is None else ref.vectors,
+        None if ref is None else ref.labels,
+        metrics=names,
+        distance=distance,
+    )
+    result = {
+        **result,
+        "protocol": "leave-one-out" if ref is None else "query-gallery",
+        "query": str(embeddings),
+        "gallery": str(gallery or embeddings),
+    }
+    typer.echo(format_metrics(result))
+    path = write_json(out or run_dir_of(embeddings) / "metrics.json", result)
+    typer.echo(f"metrics -> {path}")

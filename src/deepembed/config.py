@@ -1,0 +1,244 @@
+"""Run configuration: small dataclasses composed into one RunConfig, loaded from YAML.
+
+Each component owns its defaults here; a YAML file and `section.key=value` overrides are
+applied on top. Unknown keys and values of the wrong type are errors naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from deepembed.errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    """Which dataset, where, and how much of it."""
+
+    name: str = "mnist30"
+    root: str = ""  # "" = the dataset's default locations
+    eval_per_source: int = 5000  # mnist30: seeded sample of unseen-class images per source
+    train_per_class: int = 0  # 0 = every training image; >0 caps each class (quick runs)
+    augment: bool = True
+    num_workers: int = 0
+
+
+@dataclass
+class SamplerConfig:
+    """P classes x K images per batch."""
+
+    classes_per_batch: int = 32
+    images_per_class: int = 8
+
+
+@dataclass
+class ModelConfig:
+    """Backbone + embedding head."""
+
+    backbone: str = "small_cnn"
+    backbone_params: dict[str, Any] = field(default_factory=dict)
+    embedding_dim: int = 128
+    normalize: bool = True
+
+
+@dataclass
+class LossConfig:
+    """A loss by registry name and its parameters (pytorch-metric-learning's names)."""
+
+    name: str = "multi_similarity"
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class MinerConfig:
+    """A miner by registry name; name "" trains on every pair/triplet of the batch."""
+
+    name: str = "multi_similarity"
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class OptimConfig:
+    """Adam with optional weight decay."""
+
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    """The training loop."""
+
+    epochs: int = 3
+    max_steps: int = 0  # 0 = no cap; >0 stops each epoch early (smoke tests)
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: bool = False  # mixed precision on CUDA
+    eval_every: int = 1  # epochs between evaluations on the unseen classes; 0 = only at the end
+    threads: int = 0  # torch intra-op threads; 0 = torch's default
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation on the held-out classes."""
+
+    metrics: list[str] = field(
+        default_factory=lambda: [
+            "recall@1",
+            "recall@2",
+            "recall@4",
+            "recall@8",
+            "map@r",
+            "r_precision",
+            "nmi",
+        ]
+    )
+    distance: str = "cosine"
+    batch_size: int = 1024
+
+
+@dataclass
+class RunConfig:
+    """Everything a training run needs; written resolved to the run directory."""
+
+    name: str = "mnist30"
+    output_dir: str = "runs"
+    data: DataConfig = field(default_factory=DataConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    miner: MinerConfig = field(default_factory=MinerConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        """Where everything of this run lands."""
+        return Path(self.output_dir) / self.name
+
+
+def _check_value(key: str, value: Any, annotation: Any) -> Any:
+    """Return `value` converted to `annotation` or raise ConfigError naming `key`."""
+    origin = typing.get_origin(annotation) or annotation
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(annotation):
+            try:
+                return _check_value(key, value, option)
+            except ConfigError:
+                continue
+        raise ConfigError(f"config key {key!r}: {value!r} is not a valid {annotation}")
+    if origin is type(None):
+        if value is None:
+            return None
+    elif origin is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    elif origin is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif origin is bool or origin is str:
+        if isinstance(value, origin):
+            return value
+    elif origin is list:
+        if isinstance(value, list | tuple):
+            (item_type,) = typing.get_args(annotation) or (Any,)
+            return [_check_value(f"{key}[]", v, item_type) for v in value]
+    elif origin is dict:
+        if isinstance(value, dict):
+            return dict(value)
+    elif origin is Any:
+        return value
+    expected = getattr(origin, "__name__", str(origin))
+    raise ConfigError(f"config key {key!r}: expected {expected}, got {value!r}")
+
+
+def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    """Build dataclass `cls` from nested dicts; unknown keys raise ConfigError."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"config section {prefix.rstrip('.') or 'root'!r} must be a mapping")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(f"unknown config key {full!r}; known: {', '.join(sorted(names))}")
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = from_dict(hint, value or {}, f"{full}.")
+        else:
+            kwargs[key] = _check_value(full, value, hint)
+    return cls(**kwargs)
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """Plain nested dict of a config dataclass (for YAML and JSON)."""
+    return dataclasses.asdict(config)
+
+
+def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set data["a"]["b"] = value for dotted key "a.b", creating mappings on the way."""
+    *parents, last = dotted.split(".")
+    node = data
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"config key {dotted!r}: {part!r} is not a section")
+        node = child
+    node[last] = value
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """Turn ["train.epochs=2", "loss.params.margin=0.1"] into nested dicts (YAML values)."""
+    data: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r} is not of the form section.key=value")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override {item!r}: value is not valid YAML") from exc
+        _set_path(data, key.strip(), value)
+    return data
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """Recursive dict merge; `extra` wins. Free-form `params` dicts merge key by key."""
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Defaults <- YAML file <- overrides, validated into a RunConfig."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of sections")
+    data = _merge(data, parse_overrides(overrides or []))
+    return from_dict(RunConfig, data)
+
+
+def save_config(config: RunConfig, path: Path) -> None:
+    """Write the resolved config as YAML."""
+    path.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))

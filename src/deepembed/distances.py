@@ -1,0 +1,36 @@
+"""Pairwise distances and similarities shared by losses, miners and evaluation."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+DISTANCES = ("cosine", "euclidean", "squared_euclidean")
+
+
+def pairwise_similarity(x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+    """Cosine similarity matrix (N, M) of the L2-normalised rows of x and y."""
+    x = F.normalize(x, dim=1)
+    y = x if y is None else F.normalize(y, dim=1)
+    return x @ y.T
+
+
+def pairwise_distance(
+    x: torch.Tensor, y: torch.Tensor | None = None, kind: str = "euclidean"
+) -> torch.Tensor:
+    """Distance matrix (N, M): "cosine" (1 - cos), "euclidean" or "squared_euclidean".
+
+    The euclidean square root gets a small floor so that identical rows (distance 0)
+    keep a finite gradient.
+    """
+    if kind == "cosine":
+        return 1.0 - pairwise_similarity(x, y)
+    y_ = x if y is None else y
+    # (N, M) via the Gram trick; clamp removes tiny negatives from cancellation
+    sq = (x * x).sum(1, keepdim=True) - 2.0 * (x @ y_.T) + (y_ * y_).sum(1)[None, :]
+    sq = sq.clamp_min(0.0)
+    if kind == "squared_euclidean":
+        return sq
+    if kind == "euclidean":
+        return torch.sqrt(sq + 1e-12)
+    raise ValueError(f"unknown distance {kind!r}; known: {', '.join(DISTANCES)}")

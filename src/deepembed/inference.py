@@ -1,0 +1,109 @@
+"""Embed a dataset with a model: vectors, labels and ids, streamed batch by batch."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from deepembed.data.datasets import collate
+from deepembed.errors import DataError
+from deepembed.io import atomic_write
+from deepembed.models.embedder import Embedder
+
+
+@dataclass
+class Embeddings:
+    """Vectors (N, D) float32 with their labels (N,), item ids (N,) and class names."""
+
+    vectors: np.ndarray
+    labels: np.ndarray
+    ids: np.ndarray
+    class_names: dict[int, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n = len(self.vectors)
+        if self.vectors.ndim != 2 or len(self.labels) != n or len(self.ids) != n:
+            raise DataError(
+                f"embeddings need vectors (N, D), labels (N,) and ids (N,); got "
+                f"{self.vectors.shape}, {self.labels.shape}, {self.ids.shape}"
+            )
+
+    def __len__(self) -> int:
+        return len(self.vectors)
+
+    def save(self, path: str | Path) -> Path:
+        """Write an .npz file (atomically) with arrays vectors, labels, ids."""
+        return atomic_write(
+            Path(path),
+            lambda tmp: np.savez(
+                tmp.open("wb"),
+                vectors=self.vectors,
+                labels=self.labels,
+                ids=self.ids,
+                class_names=np.array(json.dumps({str(k): v for k, v in self.class_names.items()})),
+            ),
+            suffix=".npz",
+        )
+
+    @classmethod
+    def load(cls, path: str | Path) -> Embeddings:
+        """Read a file written by `save`; a missing or malformed file is a DataError."""
+        path = Path(path)
+        if not path.is_file():
+            raise DataError(f"embeddings file not found: {path}")
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                names = json.loads(str(data["class_names"])) if "class_names" in data else {}
+                return cls(
+                    data["vectors"],
+                    data["labels"],
+                    data["ids"],
+                    {int(k): v for k, v in names.items()},
+                )
+        except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
+            raise DataError(f"{path} is not a deepembed embeddings file: {exc}") from exc
+
+
+def embed(
+    model: Embedder,
+    dataset: Dataset,
+    batch_size: int = 1024,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+) -> Embeddings:
+    """Embeddings of every item of `dataset` (items are (image, label)), in order."""
+    if device is not None:
+        model = model.to(device)
+    device = next(model.parameters()).device
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
+    was_training = model.training
+    model.eval()
+    vectors, labels = [], []
+    with (
+        torch.no_grad(),
+        tqdm(
+            total=len(dataset),
+            desc="embed",
+            unit="img",  # type: ignore[arg-type]
+            disable=not progress,
+            leave=False,
+        ) as bar,
+    ):
+        for images, batch_labels in loader:
+            vectors.append(model(images.to(device)).float().cpu().numpy())
+            labels.append(batch_labels.numpy())
+            bar.update(len(batch_labels))
+    model.train(was_training)
+    ids = np.asarray(getattr(dataset, "ids", np.arange(len(dataset))), np.int64)  # type: ignore[arg-type]
+    names = dict(getattr(dataset, "class_names", {}))
+    if not vectors:
+        return Embeddings(
+            np.empty((0, model.spec.embedding_dim), np.float32), np.empty(0, np.int64), ids, names
+        )
+    return Embeddings(np.concatenate(vectors), np.concatenate(labels).astype(np.int64), ids, names)
