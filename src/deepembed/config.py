@@ -66,10 +66,11 @@ class MinerConfig:
 
 @dataclass
 class OptimConfig:
-    """Adam with optional weight decay."""
+    """Adam with optional weight decay and a learning-rate schedule."""
 
     lr: float = 1e-3
     weight_decay: float = 0.0
+    schedule: str = "cosine"  # cosine (decay to 0 over the run, per step) | constant
 
 
 @dataclass
@@ -141,6 +142,11 @@ def _check_value(key: str, value: Any, annotation: Any) -> Any:
     elif origin is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
     elif origin is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value

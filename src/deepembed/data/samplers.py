@@ -11,12 +11,12 @@ from deepembed.errors import ConfigError
 
 
 class PKSampler(Sampler[list[int]]):
-    """Yields batches of P classes x K images, visiting every image once per epoch.
+    """Yields batches of P classes x K images, visiting (almost) every image once per epoch.
 
     Each class's images are shuffled and cut into chunks of K (the last chunk is topped up
     with images of the same class drawn again, so a class with fewer than K images still
-    gives K). Chunks of all classes are shuffled, then grouped P at a time with no class
-    twice in a batch. Deterministic for a given seed and epoch (`set_epoch`).
+    gives K). Classes are drawn P at a time, weighted by their remaining chunks, with no
+    class twice in a batch. Deterministic for a given seed and epoch (`set_epoch`).
     """
 
     def __init__(
@@ -38,37 +38,28 @@ class PKSampler(Sampler[list[int]]):
         """Use a different (still deterministic) order for each epoch."""
         self.epoch = epoch
 
-    def _chunks(self, rng: np.random.Generator) -> list[tuple[int, np.ndarray]]:
+    def _chunks(self, rng: np.random.Generator) -> list[list[np.ndarray]]:
+        """Per class, its images shuffled and cut into chunks of K."""
         chunks = []
-        for c, rows in enumerate(self.by_class):
+        for rows in self.by_class:
             rows = rng.permutation(rows)
             pad = -len(rows) % self.k  # top up the last chunk from the same class
             if pad:
                 rows = np.concatenate([rows, rng.choice(rows, pad, replace=pad > len(rows))])
-            chunks += [(c, chunk) for chunk in rows.reshape(-1, self.k)]
-        order = rng.permutation(len(chunks))
-        return [chunks[i] for i in order]
+            chunks.append(list(rows.reshape(-1, self.k)))
+        return chunks
 
     def __iter__(self) -> Iterator[list[int]]:
         rng = np.random.default_rng([self.seed, self.epoch])
-        pending = self._chunks(rng)
-        # Greedy grouping: take the next chunk whose class is not yet in the batch. Chunks
-        # that cannot join (class already present) wait for the next batch.
-        while len(pending) >= self.p:
-            batch, seen, rest = [], set(), []
-            for i, (c, chunk) in enumerate(pending):
-                if c in seen:
-                    rest.append((c, chunk))
-                    continue
-                batch.append(chunk)
-                seen.add(c)
-                if len(batch) == self.p:
-                    rest += pending[i + 1 :]
-                    break
-            if len(batch) < self.p:  # too few distinct classes left: the epoch ends
-                break
-            pending = rest
-            yield np.concatenate(batch).tolist()
+        chunks = self._chunks(rng)
+        remaining = np.array([len(c) for c in chunks], dtype=np.float64)
+        # Each batch draws P distinct classes with probability proportional to their
+        # remaining chunks, so classes run out together and (almost) every image is
+        # visited; the epoch ends when fewer than P classes have chunks left.
+        while (remaining > 0).sum() >= self.p:
+            classes = rng.choice(len(chunks), self.p, replace=False, p=remaining / remaining.sum())
+            remaining[classes] -= 1
+            yield np.concatenate([chunks[c].pop() for c in classes]).tolist()
 
     def __len__(self) -> int:
         return sum(-(-len(r) // self.k) for r in self.by_class) // self.p

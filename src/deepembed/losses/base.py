@@ -27,9 +27,7 @@ class MetricLoss(nn.Module):
             )
         labels = torch.as_tensor(labels, device=embeddings.device)
         if labels.shape != (embeddings.shape[0],):
-            raise ValueError(
-                f"labels must be ({embeddings.shape[0]},), got {tuple(labels.shape)}"
-            )
+            raise ValueError(f"labels must be ({embeddings.shape[0]},), got {tuple(labels.shape)}")
         # Pairwise math in float32 at least: float16 exp/logsumexp would overflow.
         if embeddings.dtype in (torch.float16, torch.bfloat16):
             embeddings = embeddings.float()

@@ -13,8 +13,9 @@ class TripletMarginLoss(MetricLoss):
     """max(0, d(a, p) - d(a, n) + margin) (Schroff et al. 2015), averaged over the
     triplets with a positive loss (pytorch-metric-learning's AvgNonZeroReducer).
 
-    Without mined triplets it uses every valid triplet of the batch, computed anchor block
-    by anchor block so memory stays O(B^2) rather than O(B^3).
+    Without mined triplets it uses every valid triplet of the batch, anchor block by anchor
+    block (`anchor_block` anchors at a time) and without forming the (B, B, B) loss tensor, so
+    memory stays O(B^2), backward included.
     """
 
     def __init__(
@@ -38,18 +39,34 @@ class TripletMarginLoss(MetricLoss):
                 + self.margin
             )
             return _mean_nonzero(losses.sum(), (losses > 0).sum(), embeddings)
+        return self._all_triplets(dist, labels)
+
+    def _all_triplets(self, dist: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Mean positive loss over every valid triplet, in O(B^2 log B) time, O(B^2) memory.
+
+        Triplet (a, p, n) is active iff d_an < d_ap + margin, so for each (a, p) the active
+        negatives are the k_ap nearest negatives of a: k_ap comes from a sorted search, and
+        the pair's summed loss is k_ap (d_ap + margin) - (sum of those k_ap distances), a
+        prefix sum. Nothing of size B^3 is formed, neither forward nor in autograd.
+        """
         pos, neg = label_masks(labels)
-        total = embeddings.new_zeros(())
-        count = torch.zeros((), dtype=torch.long, device=embeddings.device)
-        for start in range(0, len(labels), self.anchor_block):
-            block = slice(start, start + self.anchor_block)
-            # (b, B, B): anchor a, positive p, negative n
-            losses = torch.relu(dist[block, :, None] - dist[block, None, :] + self.margin)
-            valid = pos[block, :, None] & neg[block, None, :]
-            losses = losses * valid
-            total = total + losses.sum()
-            count = count + (losses > 0).sum()
-        return _mean_nonzero(total, count, embeddings)
+        total = dist.new_zeros(())
+        count = torch.zeros((), dtype=torch.long, device=dist.device)
+        blocks = zip(*(t.split(self.anchor_block) for t in (dist, pos, neg)), strict=True)
+        for d, is_pos, is_neg in blocks:  # (b, B) each
+            # each anchor's negative distances ascending; non-negatives sort last as +inf
+            neg_sorted = d.masked_fill(~is_neg, float("inf")).sort(1).values
+            threshold = d + self.margin
+            with torch.no_grad():
+                k = torch.searchsorted(neg_sorted, threshold, side="left")  # d_an < threshold
+                k = k.masked_fill(~is_pos, 0)  # (b, B): active negatives per (a, p)
+            zeros = neg_sorted.new_zeros(len(neg_sorted), 1)
+            prefix = torch.cat([zeros, neg_sorted.cumsum(1)], 1)  # finite up to each row's k
+            total = total + (k.to(d.dtype) * threshold - prefix.gather(1, k)).sum()
+            count = count + k.sum()
+        if int(count) == 0:
+            return self.zero(dist)
+        return total / count
 
 
 def _mean_nonzero(

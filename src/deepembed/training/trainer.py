@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -71,6 +72,22 @@ def build_model(config: RunConfig, image_shape: tuple[int, int, int]) -> Embedde
     return Embedder(spec)
 
 
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, schedule: str, total_steps: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """Per-step learning-rate schedule: "cosine" decays to 0 over the run, "constant" keeps it."""
+    if schedule == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    if schedule == "cosine":
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer,
+            lambda step: (
+                0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / max(1, total_steps)))
+            ),
+        )
+    raise ConfigError(f"optim.schedule: unknown schedule {schedule!r}; known: cosine, constant")
+
+
 def cap_per_class(dataset: TensorImageDataset, per_class: int, seed: int) -> TensorImageDataset:
     """At most `per_class` images of each class (seeded choice); 0 keeps everything."""
     if per_class <= 0:
@@ -130,6 +147,12 @@ def train(config: RunConfig, progress: bool = True) -> TrainResult:
     )
     augment = train_augmentation(config.data.augment).to(device)
     use_amp = config.train.amp and device.type == "cuda"
+    steps_per_epoch = (
+        len(sampler) if config.train.max_steps <= 0 else min(len(sampler), config.train.max_steps)
+    )
+    scheduler = make_scheduler(
+        optimizer, config.optim.schedule, steps_per_epoch * config.train.epochs
+    )
 
     history: list[dict[str, Any]] = []
     metrics: dict[str, Any] = {}
@@ -159,6 +182,7 @@ def train(config: RunConfig, progress: bool = True) -> TrainResult:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            scheduler.step()
             value = float(loss.detach())
             seen += len(labels)
             total_loss += value

@@ -1,0 +1,43 @@
+"""Shared fixtures: offline mode, tiny synthetic data and one small real training run."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # any hub call fails fast: nothing downloads
+
+# A training run small enough for the test suite, on the real mnist30 files.
+TINY_RUN = [
+    "data.train_per_class=40",
+    "data.eval_per_source=150",
+    "sampler.classes_per_batch=6",
+    "sampler.images_per_class=4",
+    "model.backbone_params.widths=[8,8,8,16,16]",
+    "model.embedding_dim=16",
+    "train.epochs=2",
+    "train.max_steps=4",
+]
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Run `deepembed train` once on a small subset of mnist30; tests read its directory."""
+    from typer.testing import CliRunner
+
+    from deepembed.cli.main import app
+
+    out = tmp_path_factory.mktemp("runs")
+    result = CliRunner().invoke(
+        app, ["train", "configs/mnist30.yaml", f"output_dir={out}", "name=tiny", "-q", *TINY_RUN]
+    )
+    assert result.exit_code == 0, result.output
+    return out / "tiny"
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)

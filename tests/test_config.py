@@ -1,0 +1,66 @@
+"""Config: defaults, YAML, overrides, and errors that name the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from deepembed.config import RunConfig, load_config, parse_overrides, save_config
+from deepembed.errors import ConfigError
+
+
+def test_defaults_and_yaml_and_overrides(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("name: a\ntrain: {epochs: 5}\nloss: {name: triplet, params: {margin: 0.2}}\n")
+    config = load_config(path, ["train.epochs=2", "optim.lr=1e-4", "loss.params.swap=true"])
+    assert config.name == "a"
+    assert config.train.epochs == 2
+    assert config.optim.lr == pytest.approx(1e-4)
+    assert config.loss.params == {"margin": 0.2, "swap": True}
+    assert config.sampler == RunConfig().sampler  # untouched sections keep their defaults
+
+
+def test_int_is_accepted_for_float() -> None:
+    assert load_config(None, ["optim.lr=1"]).optim.lr == 1.0
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["train.epoch=3"], "unknown config key 'train.epoch'"),
+        (["nosuch.key=1"], "unknown config key 'nosuch'"),
+        (["train.epochs=three"], "config key 'train.epochs': expected int"),
+        (["train.epochs"], "not of the form section.key=value"),
+        (["model.widths=[1]"], "unknown config key 'model.widths'"),
+    ],
+)
+def test_bad_keys_and_values_name_the_problem(overrides: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")):
+        load_config(None, overrides)
+
+
+def test_unknown_key_in_yaml(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("data:\n  nme: mnist30\n")
+    with pytest.raises(ConfigError, match="unknown config key 'data.nme'"):
+        load_config(path)
+
+
+def test_missing_and_invalid_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "none.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("a: [1,\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+
+
+def test_resolved_config_round_trips(tmp_path: Path) -> None:
+    config = load_config(None, ["train.epochs=7", "loss.params.alpha=3"])
+    save_config(config, tmp_path / "config.yaml")
+    assert load_config(tmp_path / "config.yaml") == config
+
+
+def test_parse_overrides_nests() -> None:
+    assert parse_overrides(["a.b.c=1", "a.d=x"]) == {"a": {"b": {"c": 1}, "d": "x"}}
