@@ -43,7 +43,7 @@ def test_bad_keys_and_values_name_the_problem(overrides: list[str], message: str
 def test_unknown_key_in_yaml(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
     path.write_text("data:\n  nme: mnist30\n")
-    with pytest.raises(ConfigError, match="unknown config key 'data.nme'"):
+    with pytest.raises(ConfigError, match=r"unknown config key 'data\.nme'"):
         load_config(path)
 
 

@@ -41,7 +41,7 @@ def test_mnist30_test_sample_is_seeded(mnist30_test: data.TensorImageDataset) ->
 def test_items_and_batches_agree(mnist30_test: data.TensorImageDataset) -> None:
     image, label = mnist30_test[5]
     images, labels = mnist30_test.__getitems__([5, 6])
-    assert image.shape == (1, 28, 28) and 0.0 <= image.min() and image.max() <= 1.0
+    assert image.shape == (1, 28, 28) and image.min() >= 0.0 and image.max() <= 1.0
     assert np.allclose(images[0].numpy(), image.numpy()) and labels[0] == label
 
 

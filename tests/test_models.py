@@ -48,15 +48,15 @@ def test_preprocess_converts_any_image_to_model_input() -> None:
     rgba = Image.fromarray(np.full((40, 30, 4), 200, np.uint8), "RGBA")
     x = model.preprocess(rgba)
     assert x.shape == (1, 28, 28) and x.dtype == torch.float32
-    assert 0.0 <= float(x.min()) and float(x.max()) <= 1.0
+    assert float(x.min()) >= 0.0 and float(x.max()) <= 1.0
 
 
 def test_incomplete_directory(tmp_path: Path) -> None:
     Embedder(SPEC).save(tmp_path / "m")
     (tmp_path / "m" / "model.safetensors").unlink()
-    with pytest.raises(ModelFormatError, match="incomplete: no model.safetensors"):
+    with pytest.raises(ModelFormatError, match=r"incomplete: no model\.safetensors"):
         Embedder.load(tmp_path / "m")
-    with pytest.raises(ModelFormatError, match="incomplete: no config.json"):
+    with pytest.raises(ModelFormatError, match=r"incomplete: no config\.json"):
         Embedder.load(tmp_path / "nothing")
 
 
