@@ -6,15 +6,13 @@ Saved as a directory: index.faiss, items.npz (ids, labels) and meta.json.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import faiss
 import numpy as np
 
 from deepembed.errors import DataError, ModelFormatError
+from deepembed.io import atomic_dir
 
 FORMAT_VERSION = 1
 METRICS = ("cosine", "euclidean")
@@ -80,9 +78,7 @@ class FlatIndex:
     def save(self, path: str | Path) -> Path:
         """Write the index directory atomically (temp dir, then rename)."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-        try:
+        with atomic_dir(path) as tmp:
             faiss.write_index(self.faiss, str(tmp / "index.faiss"))
             ids = np.fromiter(self.labels.keys(), np.int64, len(self.labels))
             labels = np.fromiter(self.labels.values(), np.int64, len(self.labels))
@@ -96,11 +92,6 @@ class FlatIndex:
                 "class_names": {str(k): v for k, v in self.class_names.items()},
             }
             (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-            if path.exists():
-                shutil.rmtree(path)
-            os.replace(tmp, path)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
         return path
 
     @classmethod

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from deepembed.losses.base import MetricLoss
 from deepembed.losses.pair import MultiSimilarityLoss
 from deepembed.losses.triplet import TripletMarginLoss
@@ -14,14 +12,7 @@ LOSSES.register("multi_similarity")(MultiSimilarityLoss)
 LOSSES.register("triplet")(TripletMarginLoss)
 
 
-def create(name: str, **params: Any) -> MetricLoss:
-    """A loss by registry name, with pytorch-metric-learning's parameter names."""
-    return LOSSES.create(name, **params)
-
-
-def names() -> list[str]:
-    """Registered loss names."""
-    return LOSSES.names()
-
+create = LOSSES.create  # create(name, **params), PML's parameter names
+names = LOSSES.names  # sorted registered names
 
 __all__ = ["LOSSES", "MetricLoss", "create", "names"]

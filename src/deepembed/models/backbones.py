@@ -22,11 +22,14 @@ def _conv(cin: int, cout: int) -> list[nn.Module]:
 class SmallCNN(nn.Module):
     """Five 3x3 conv layers with batch norm for small images (28x28 grey by default).
 
-    Resolution halves after the 1st and 3rd conv; features are the global average and max
-    pools of the last map, concatenated: num_features = 2 * widths[-1].
+    Resolution halves after the 1st and 3rd conv. Features are the last map average-pooled
+    to a `pool_size` x `pool_size` grid (keeping coarse layout: a 6 and a 9 differ by where
+    their loop is) and its global max, concatenated: (pool_size^2 + 1) * widths[-1].
     """
 
-    def __init__(self, in_channels: int = 1, widths: list[int] | None = None) -> None:
+    def __init__(
+        self, in_channels: int = 1, widths: list[int] | None = None, pool_size: int = 1
+    ) -> None:
         super().__init__()
         w = list(widths or [32, 64, 64, 128, 128])
         if len(w) != 5:
@@ -40,8 +43,10 @@ class SmallCNN(nn.Module):
             *_conv(w[2], w[3]),
             *_conv(w[3], w[4]),
         )
-        self.num_features = 2 * w[4]
+        self.pool_size = pool_size
+        self.num_features = (pool_size * pool_size + 1) * w[4]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.features(x)  # (B, w4, H/4, W/4)
-        return torch.cat([x.mean((2, 3)), x.amax((2, 3))], 1)  # (B, 2 * w4)
+        grid = nn.functional.adaptive_avg_pool2d(x, self.pool_size).flatten(1)  # (B, s*s*w4)
+        return torch.cat([grid, x.amax((2, 3))], 1)  # (B, num_features)

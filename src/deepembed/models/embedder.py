@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +14,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from deepembed.errors import ModelFormatError
+from deepembed.io import atomic_dir
 from deepembed.models.backbones import BACKBONES
 from deepembed.models.heads import EmbeddingHead
 
@@ -82,9 +80,7 @@ class Embedder(nn.Module):
     def save(self, path: str | Path) -> Path:
         """Write config.json + model.safetensors to `path` atomically (temp dir, then rename)."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-        try:
+        with atomic_dir(path) as tmp:
             config = {
                 "format_version": FORMAT_VERSION,
                 "kind": "deepembed.Embedder",
@@ -93,11 +89,6 @@ class Embedder(nn.Module):
             (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
             state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
             save_file(state, str(tmp / WEIGHTS_FILE))
-            if path.exists():
-                shutil.rmtree(path)
-            os.replace(tmp, path)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
         return path
 
     @classmethod
