@@ -30,12 +30,17 @@ class Registry(Generic[T]):
 
     def create(self, name: str, **params: Any) -> T:
         """Build the component `name`; unknown names and parameters are ConfigErrors."""
-        if name not in self._factories:
-            raise ConfigError(f"unknown {self.kind} {name!r}; known: {', '.join(self.names())}")
+        factory = self.get(name)
         try:
-            return self._factories[name](**params)
+            return factory(**params)
         except TypeError as exc:  # an unexpected keyword: name it for the user
             raise ConfigError(f"bad parameters for {self.kind} {name!r}: {exc}") from exc
+
+    def get(self, name: str) -> Callable[..., T]:
+        """The factory registered as `name` (to inspect its parameters)."""
+        if name not in self._factories:
+            raise ConfigError(f"unknown {self.kind} {name!r}; known: {', '.join(self.names())}")
+        return self._factories[name]
 
     def names(self) -> list[str]:
         """Registered names, sorted."""

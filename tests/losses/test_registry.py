@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from types import ModuleType
 
 import pytest
@@ -32,11 +33,29 @@ def make_batch(
     return emb, labels
 
 
+NUM_CLASSES = 16  # class-parameter losses: enough rows for every label the tests use (< 16)
+DIM = 8
+
+
+def make_loss(name: str) -> deepembed.losses.MetricLoss:
+    """A loss with its defaults; class-parameter losses get num_classes / embedding_size and
+    a seeded initialisation (so two creations are the same function)."""
+    params = inspect.signature(deepembed.losses.LOSSES.get(name)).parameters
+    wanted = {"num_classes": NUM_CLASSES, "embedding_size": DIM}
+    extra = {k: v for k, v in wanted.items() if k in params}
+    torch.manual_seed(0)
+    return deepembed.losses.create(name, **extra)
+
+
+CLASS_LOSSES = [n for n in LOSS_NAMES if isinstance(make_loss(n), deepembed.losses.ClassLoss)]
+TUPLE_LOSSES = [n for n in LOSS_NAMES if n not in CLASS_LOSSES]
+
+
 def accepts(loss_name: str, mined: Pairs | Triplets) -> bool:
     """Whether a loss takes this kind of mining result (it raises TypeError otherwise)."""
     emb, labels = make_batch(seed=0)
     try:
-        deepembed.losses.create(loss_name)(emb, labels, mined)
+        make_loss(loss_name)(emb, labels, mined)
     except TypeError:
         return False
     return True
@@ -71,7 +90,7 @@ def loss_and_grad(
     """Loss (optionally on a miner's output) and its gradient w.r.t. the leaf `emb`."""
     if miner is not None:
         mined = deepembed.miners.create(miner)(emb, labels)
-    loss = deepembed.losses.create(name)(emb, labels, mined)
+    loss = make_loss(name)(emb, labels, mined)
     (grad,) = torch.autograd.grad(loss, emb)
     return loss.detach(), grad
 
@@ -86,7 +105,7 @@ def test_registries_are_not_empty() -> None:
     assert {"multi_similarity", "batch_hard"} <= set(MINER_NAMES)
     # every miner is usable by at least one loss, every loss by at least one kind of tuple
     assert {m for _, m in COMPATIBLE} == set(MINER_NAMES)
-    assert {loss for loss, _ in ACCEPTED} == set(LOSS_NAMES)
+    assert {loss for loss, _ in ACCEPTED} == set(TUPLE_LOSSES)
 
 
 # ------------------------------------------------------------------------ every loss, alone
@@ -140,7 +159,7 @@ def test_loss_on_empty_tuples_is_zero(name: str, kind: str) -> None:
     assert torch.equal(grad, torch.zeros_like(grad))
 
 
-@pytest.mark.parametrize("name", LOSS_NAMES)
+@pytest.mark.parametrize("name", TUPLE_LOSSES)
 def test_loss_ignores_label_values(name: str) -> None:
     """Only label equality matters: huge negative/positive ids give the same loss."""
     emb, labels = make_batch(seed=6)
@@ -151,10 +170,34 @@ def test_loss_ignores_label_values(name: str) -> None:
     assert loss == ref and torch.equal(grad, ref_grad)
 
 
+@pytest.mark.parametrize("name", CLASS_LOSSES)
+def test_class_loss_rejects_labels_out_of_range(name: str) -> None:
+    """Class-parameter losses index rows by label: out-of-range labels are a clear error."""
+    emb, labels = make_batch(seed=6)
+    loss = make_loss(name)
+    for bad in (labels - 1, labels + NUM_CLASSES):
+        with pytest.raises(ValueError, match="class indices"):
+            loss(emb, bad)
+    with pytest.raises(ValueError, match="embedding_size"):
+        loss(emb[:, :-1], labels)
+
+
+@pytest.mark.parametrize("name", CLASS_LOSSES)
+def test_class_loss_parameters_are_learned(name: str) -> None:
+    """The class tensor (proxies / weight) is a Parameter and receives a gradient."""
+    emb, labels = make_batch(seed=6)
+    loss = make_loss(name)
+    table = getattr(loss, "proxies", None)
+    table = getattr(loss, "weight", None) if table is None else table
+    assert isinstance(table, torch.nn.Parameter) and table.shape[-1] == DIM
+    loss(emb, labels).backward()
+    assert table.grad is not None and bool(table.grad.abs().sum() > 0)
+
+
 @pytest.mark.parametrize("name", LOSS_NAMES)
 def test_loss_rejects_bad_shapes(name: str) -> None:
     emb, labels = make_batch(seed=7)
-    loss = deepembed.losses.create(name)
+    loss = make_loss(name)
     with pytest.raises(ValueError, match="embeddings"):
         loss(emb[None], labels)
     with pytest.raises(ValueError, match="labels"):
@@ -208,7 +251,7 @@ def test_incompatible_mined_type_is_a_type_error(name: str, miner: str) -> None:
     emb, labels = make_batch(seed=12)
     mined = deepembed.miners.create(miner)(emb, labels)
     with pytest.raises(TypeError, match=type(mined).__name__):
-        deepembed.losses.create(name)(emb, labels, mined)
+        make_loss(name)(emb, labels, mined)
 
 
 # ------------------------------------------------------------------------------ registry errors

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from deepembed.miners.base import Pairs, Triplets
+from deepembed.registry import Registry
 
 
 class MetricLoss(nn.Module):
@@ -42,3 +43,42 @@ class MetricLoss(nn.Module):
     def zero(embeddings: torch.Tensor) -> torch.Tensor:
         """A zero loss still connected to the graph (so backward() works on tuple-free batches)."""
         return embeddings.sum() * 0.0
+
+
+class ClassLoss(MetricLoss):
+    """A loss with learned per-class parameters (proxies or class weights).
+
+    Labels must be class indices in [0, num_classes): the trainer maps a dataset's labels to
+    contiguous indices before training. The learned tensor is `proxies` (proxy losses) or
+    `weight` (margin-softmax losses), shape (num_classes * per_class, embedding_size).
+    """
+
+    def __init__(self, num_classes: int, embedding_size: int) -> None:
+        super().__init__()
+        if num_classes < 1 or embedding_size < 1:
+            raise ValueError(
+                f"num_classes and embedding_size must be >= 1, got {num_classes}, {embedding_size}"
+            )
+        self.num_classes, self.embedding_size = num_classes, embedding_size
+
+    def forward(
+        self,
+        embeddings: torch.Tensor,
+        labels: torch.Tensor,
+        mined: Pairs | Triplets | None = None,
+    ) -> torch.Tensor:
+        labels = torch.as_tensor(labels, device=embeddings.device)
+        if embeddings.ndim == 2 and embeddings.shape[1] != self.embedding_size:
+            raise ValueError(
+                f"embeddings have dim {embeddings.shape[1]}, the loss was built for "
+                f"embedding_size={self.embedding_size}"
+            )
+        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
+            raise ValueError(
+                f"labels must be class indices in [0, {self.num_classes}), got "
+                f"[{int(labels.min())}, {int(labels.max())}]"
+            )
+        return super().forward(embeddings, labels, mined)
+
+
+LOSSES: Registry[MetricLoss] = Registry("loss")

@@ -5,17 +5,12 @@ from __future__ import annotations
 import torch
 
 from deepembed.distances import pairwise_similarity
-from deepembed.losses.base import MetricLoss
+from deepembed.losses.base import LOSSES, MetricLoss
+from deepembed.losses.functional import masked_log1p_sum_exp
 from deepembed.miners.base import Pairs, Triplets, label_masks
 
 
-def masked_log1p_sum_exp(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Row-wise log(1 + sum_j mask_ij exp(x_ij)), stable; rows with no True give 0. (B,)."""
-    x = x.masked_fill(~mask, float("-inf"))
-    zeros = torch.zeros(x.shape[0], 1, dtype=x.dtype, device=x.device)  # the "1 +" term
-    return torch.logsumexp(torch.cat([x, zeros], 1), dim=1)
-
-
+@LOSSES.register("multi_similarity")
 class MultiSimilarityLoss(MetricLoss):
     """Multi-similarity loss (Wang et al. 2019) on cosine similarities S.
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import torch
 
 from deepembed.distances import pairwise_distance
-from deepembed.losses.base import MetricLoss
+from deepembed.losses.base import LOSSES, MetricLoss
+from deepembed.losses.functional import mean_nonzero
 from deepembed.miners.base import Pairs, Triplets, label_masks
 
 
+@LOSSES.register("triplet")
 class TripletMarginLoss(MetricLoss):
     """max(0, d(a, p) - d(a, n) + margin) (Schroff et al. 2015), averaged over the
     triplets with a positive loss (pytorch-metric-learning's AvgNonZeroReducer).
@@ -38,7 +40,7 @@ class TripletMarginLoss(MetricLoss):
                 - dist[mined.anchor, mined.negative]
                 + self.margin
             )
-            return _mean_nonzero(losses.sum(), (losses > 0).sum(), embeddings)
+            return mean_nonzero(losses.sum(), (losses > 0).sum(), embeddings)
         return self._all_triplets(dist, labels)
 
     def _all_triplets(self, dist: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -67,11 +69,3 @@ class TripletMarginLoss(MetricLoss):
         if int(count) == 0:
             return self.zero(dist)
         return total / count
-
-
-def _mean_nonzero(
-    total: torch.Tensor, count: torch.Tensor, embeddings: torch.Tensor
-) -> torch.Tensor:
-    if int(count) == 0:
-        return MetricLoss.zero(embeddings) + total * 0.0
-    return total / count

@@ -1,16 +1,12 @@
-"""Miners by name: `create(name, **params)`, `names()`; they return typed Pairs or Triplets."""
+"""Miners by name: `create(name, **params)`, `names()`; they return typed Pairs or Triplets.
+
+Each family module registers its miners in MINERS on import.
+"""
 
 from __future__ import annotations
 
-from deepembed.miners.base import Miner, Pairs, Triplets, label_masks
-from deepembed.miners.pair import MultiSimilarityMiner
-from deepembed.miners.triplet import BatchHardMiner
-from deepembed.registry import Registry
-
-MINERS: Registry[Miner] = Registry("miner")
-MINERS.register("multi_similarity")(MultiSimilarityMiner)
-MINERS.register("batch_hard")(BatchHardMiner)
-
+from deepembed.miners import pair, triplet  # noqa: F401
+from deepembed.miners.base import MINERS, Miner, Pairs, Triplets, label_masks
 
 create = MINERS.create  # create(name, **params), PML's parameter names
 names = MINERS.names  # sorted registered names

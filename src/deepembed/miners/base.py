@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from deepembed.registry import Registry
+
 
 def label_masks(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, B) bool masks: positives (same label, diagonal excluded) and negatives."""
@@ -61,3 +63,6 @@ class Miner(nn.Module):
 
     def mine(self, embeddings: torch.Tensor, labels: torch.Tensor) -> Pairs | Triplets:
         raise NotImplementedError
+
+
+MINERS: Registry[Miner] = Registry("miner")

@@ -5,9 +5,10 @@ from __future__ import annotations
 import torch
 
 from deepembed.distances import pairwise_similarity
-from deepembed.miners.base import Miner, Pairs, label_masks
+from deepembed.miners.base import MINERS, Miner, Pairs, label_masks
 
 
+@MINERS.register("multi_similarity")
 class MultiSimilarityMiner(Miner):
     """Multi-similarity pair mining (Wang et al. 2019), on cosine similarity.
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import torch
 
 from deepembed.distances import pairwise_distance
-from deepembed.miners.base import Miner, Triplets, label_masks
+from deepembed.miners.base import MINERS, Miner, Triplets, label_masks
 
 
+@MINERS.register("batch_hard")
 class BatchHardMiner(Miner):
     """For each anchor: its farthest positive and nearest negative (Hermans et al. 2017).
 

@@ -1,0 +1,3 @@
+"""Proxy-based losses: Proxy-NCA, Proxy-Anchor, SoftTriple (learned `proxies`)."""
+
+from __future__ import annotations

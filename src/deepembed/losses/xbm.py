@@ -1,0 +1,3 @@
+"""Cross-batch memory (XBM): a queue of past embeddings for any pair-based loss."""
+
+from __future__ import annotations
