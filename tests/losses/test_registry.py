@@ -41,8 +41,10 @@ def make_loss(name: str) -> deepembed.losses.MetricLoss:
     """A loss with its defaults; class-parameter losses get num_classes / embedding_size and
     a seeded initialisation (so two creations are the same function)."""
     params = inspect.signature(deepembed.losses.LOSSES.get(name)).parameters
-    wanted = {"num_classes": NUM_CLASSES, "embedding_size": DIM}
-    extra = {k: v for k, v in wanted.items() if k in params}
+    wanted = {"num_classes": NUM_CLASSES, "embedding_size": DIM}  # only where required
+    extra = {
+        k: v for k, v in wanted.items() if k in params and params[k].default is params[k].empty
+    }
     torch.manual_seed(0)
     return deepembed.losses.create(name, **extra)
 
