@@ -55,7 +55,7 @@ def test_train_writes_a_complete_run(trained_run: Path) -> None:
         json.loads(line) for line in (trained_run / "history.jsonl").read_text().splitlines()
     ]
     assert [h["epoch"] for h in history] == [1, 2]
-    assert all("eval" in h and h["loss"] > 0 for h in history)
+    assert all("test" in h and h["loss"] > 0 for h in history)
     metrics = json.loads((trained_run / "metrics.json").read_text())
     for key in ("recall@1", "recall@8", "map@r", "r_precision", "nmi"):
         assert 0.0 <= metrics[key] <= 1.0

@@ -21,6 +21,23 @@ def test_defaults_and_yaml_and_overrides(tmp_path: Path) -> None:
     assert config.sampler == RunConfig().sampler  # untouched sections keep their defaults
 
 
+def test_renaming_a_component_drops_the_files_params(tmp_path: Path) -> None:
+    """loss.params of the file were written for loss.name: a new name starts from {}."""
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "loss: {name: multi_similarity, params: {alpha: 2.0}}\n"
+        "miner: {name: multi_similarity, params: {epsilon: 0.1}}\n"
+    )
+    config = load_config(path, ["loss.name=triplet", "miner.name="])
+    assert (config.loss.name, config.loss.params) == ("triplet", {})
+    assert (config.miner.name, config.miner.params) == ("", {})
+    config = load_config(path, ["loss.name=triplet", "loss.params={margin: 0.3}"])
+    assert config.loss.params == {"margin": 0.3}
+    # same name, or a params-only override: the file's params are kept and merged
+    config = load_config(path, ["loss.name=multi_similarity", "miner.params.epsilon=0.2"])
+    assert config.loss.params == {"alpha": 2.0} and config.miner.params == {"epsilon": 0.2}
+
+
 def test_int_is_accepted_for_float() -> None:
     assert load_config(None, ["optim.lr=1"]).optim.lr == 1.0
 

@@ -28,6 +28,7 @@ class DataConfig:
     train_per_class: int = 0  # 0 = every training image; >0 caps each class (quick runs)
     augment: bool = True
     num_workers: int = 0
+    val_classes: float = 0.0  # fraction of training classes held out to choose the checkpoint
 
 
 @dataclass
@@ -54,6 +55,7 @@ class LossConfig:
 
     name: str = "multi_similarity"
     params: dict[str, Any] = field(default_factory=dict)
+    memory_size: int = 0  # > 0: cross-batch memory (XBM) of this many past embeddings
 
 
 @dataclass
@@ -70,6 +72,7 @@ class OptimConfig:
 
     lr: float = 1e-3
     weight_decay: float = 0.0
+    loss_lr: float = 1e-2  # learned loss parameters: proxies, class weights, margin beta
     schedule: str = "cosine"  # cosine (decay to 0 over the run, per step) | constant
 
 
@@ -82,8 +85,9 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = False  # mixed precision on CUDA
-    eval_every: int = 1  # epochs between evaluations on the unseen classes; 0 = only at the end
+    eval_every: int = 1  # epochs between evaluations (validation split, else test); 0 = at end
     threads: int = 0  # torch intra-op threads; 0 = torch's default
+    select: str = "map@r"  # validation metric that picks the kept checkpoint (higher is better)
 
 
 @dataclass
@@ -229,7 +233,11 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
-    """Defaults <- YAML file <- overrides, validated into a RunConfig."""
+    """Defaults <- YAML file <- overrides, validated into a RunConfig.
+
+    Overriding loss.name or miner.name to another component drops the file's params for that
+    section (they were written for the old component); params given with it start afresh.
+    """
     data: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
@@ -241,7 +249,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
         if not isinstance(data, dict):
             raise ConfigError(f"config file {path} must hold a mapping of sections")
-    data = _merge(data, parse_overrides(overrides or []))
+    extra = parse_overrides(overrides or [])
+    for section in ("loss", "miner"):  # params belong to the component they were written for
+        base, new = data.get(section), extra.get(section)
+        renamed = isinstance(new, dict) and "name" in new
+        if renamed and isinstance(base, dict) and new["name"] != base.get("name"):
+            base.pop("params", None)
+    data = _merge(data, extra)
     return from_dict(RunConfig, data)
 
 

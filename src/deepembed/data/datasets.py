@@ -1,10 +1,25 @@
-"""In-memory image datasets: items are (image (C, H, W) float in [0, 1], label)."""
+"""Datasets: items are (image (C, H, W) float in [0, 1], label).
+
+Two kinds share one interface (`labels`, `class_names`, `ids`, `__len__`, `__getitem__`,
+`subset`, `image_shape`): small datasets held once in memory as uint8 (MNIST family, CIFAR),
+and image-file datasets that hold only paths and decode per item in the loader's workers
+(CUB, Cars, SOP, In-Shop, folder, csv).
+"""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
+
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
+
+from deepembed.data.images import ScanReport, check_on_error, load_image, scan_files
+from deepembed.errors import DataError
+
+log = logging.getLogger(__name__)
 
 
 class TensorImageDataset(Dataset):
@@ -60,6 +75,133 @@ class TensorImageDataset(Dataset):
             self.class_names,
             self.ids[indices],
         )
+
+
+class ImageFileDataset(Dataset):
+    """Images decoded from files on demand; holds paths and labels only.
+
+    `transform` maps an RGB PIL image to a (C, H, W) float tensor (a preset from
+    `data.transforms.build_transforms`); `image_shape` is its output shape. `on_error`
+    decides what a file that cannot be decoded at load time does: "fail" raises a
+    DataError naming it; "skip" logs it once and returns the next readable image of the
+    same class instead, so P x K batches keep their shape. `super_labels` (SOP) and
+    `problems` (files dropped at open time, with reasons) ride along with subsets.
+    """
+
+    def __init__(
+        self,
+        paths: list[str] | np.ndarray,
+        labels: np.ndarray,
+        class_names: dict[int, str] | None = None,
+        ids: np.ndarray | None = None,
+        transform: Callable[[Image.Image], torch.Tensor] | None = None,
+        image_shape: tuple[int, int, int] | None = None,
+        on_error: str = "fail",
+        super_labels: np.ndarray | None = None,
+        super_class_names: dict[int, str] | None = None,
+        problems: ScanReport | None = None,
+    ) -> None:
+        if len(paths) != len(labels):
+            raise ValueError(f"{len(paths)} paths but {len(labels)} labels")
+        # fixed-width unicode array: workers read it without touching refcounts (no COW)
+        self.paths = np.asarray(paths, dtype=str)
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.ids = np.arange(len(labels), dtype=np.int64) if ids is None else np.asarray(ids)
+        self.class_names = class_names or {}
+        self.super_labels = None if super_labels is None else np.asarray(super_labels, np.int64)
+        self.super_class_names = super_class_names or {}
+        self.transform = transform
+        self._image_shape = image_shape
+        self.on_error = check_on_error(on_error)
+        self.problems = problems or ScanReport(checked=len(labels))
+        self._bad: set[int] = set()  # rows found unreadable in this process
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def _decode(self, index: int) -> torch.Tensor:
+        image = load_image(self.paths[index])
+        if self.transform is None:  # no preset: plain (3, H, W) float, sizes may differ
+            return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).float() / 255.0
+        return self.transform(image)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        label = int(self.labels[index])
+        try:
+            return self._decode(index), label
+        except DataError:
+            if self.on_error == "fail":
+                raise
+        # skip: log once, then walk the class's other rows (cyclically) to a readable one
+        self._bad.add(index)
+        log.warning("skipping unreadable image %s (on_error=skip)", self.paths[index])
+        rows = np.flatnonzero(self.labels == label)
+        start = int(np.searchsorted(rows, index))
+        for row in np.roll(rows, -start):
+            if int(row) in self._bad:
+                continue
+            try:
+                return self._decode(int(row)), label
+            except DataError:
+                self._bad.add(int(row))
+                log.warning("skipping unreadable image %s (on_error=skip)", self.paths[row])
+        raise DataError(f"no readable image left in class {label} ({self.paths[index]} ...)")
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of every item: known from the preset, else read from the first item."""
+        if self._image_shape is None:
+            self._image_shape = tuple(self[0][0].shape)  # type: ignore[assignment]
+        return self._image_shape  # type: ignore[return-value]
+
+    def with_transform(
+        self,
+        transform: Callable[[Image.Image], torch.Tensor] | None,
+        image_shape: tuple[int, int, int] | None = None,
+    ) -> ImageFileDataset:
+        """The same items with another transform (e.g. the training augmentation)."""
+        return self._copy(np.arange(len(self)), transform, image_shape)
+
+    def subset(self, indices: np.ndarray) -> ImageFileDataset:
+        """A dataset of the given rows, keeping their ids, transform and super-labels."""
+        return self._copy(np.asarray(indices, dtype=np.int64), self.transform, self._image_shape)
+
+    def _copy(
+        self,
+        rows: np.ndarray,
+        transform: Callable[[Image.Image], torch.Tensor] | None,
+        image_shape: tuple[int, int, int] | None,
+    ) -> ImageFileDataset:
+        return ImageFileDataset(
+            self.paths[rows],
+            self.labels[rows],
+            self.class_names,
+            self.ids[rows],
+            transform,
+            image_shape,
+            self.on_error,
+            None if self.super_labels is None else self.super_labels[rows],
+            self.super_class_names,
+            self.problems,
+        )
+
+    def scan(self, full: bool = False) -> ScanReport:
+        """Check every file (PIL header check, or a full decode with `full`)."""
+        return scan_files(self.paths.tolist(), full=full)
+
+    def drop_unreadable(self, report: ScanReport) -> ImageFileDataset:
+        """Apply the error policy to a scan: "fail" raises naming the files, "skip" drops them."""
+        if not report.problems:
+            return self
+        if self.on_error == "fail":
+            raise DataError(report.summary() + " (set data.on_error=skip to drop them)")
+        bad = {path for path, _ in report.problems}
+        keep = np.flatnonzero([p not in bad for p in self.paths])
+        log.warning("skipped %s", report.summary())
+        result = self.subset(keep)
+        merged = ScanReport(self.problems.checked, self.problems.problems + report.problems)
+        result.problems = merged
+        return result
 
 
 def collate(batch: object) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,12 +1,21 @@
-"""Batch transforms applied on the training device: cheap augmentation for small images."""
+"""Transforms: on-device batch augmentation for small images, per-item presets for image files.
+
+Presets are chosen by name (proposed config key `data.transform`: small | imagenet224).
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
+from torchvision.transforms import v2
+
+from deepembed.errors import ConfigError
 
 
 class RandomAffine(nn.Module):
@@ -41,3 +50,58 @@ class RandomAffine(nn.Module):
 def train_augmentation(enabled: bool) -> nn.Module:
     """The training preset for small grey images (identity when disabled)."""
     return RandomAffine() if enabled else nn.Identity()
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A transform preset: output size and the normalisation the model should apply."""
+
+    image_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    resize: int  # eval: shorter side resized to this, then centre-cropped to image_size
+
+
+PRESETS = {
+    # small images (28-64 px): resize only per item; augmentation is RandomAffine on the batch
+    "small": Preset(32, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), 32),
+    # the literature's 224-px protocol (CUB, Cars, SOP, In-Shop)
+    "imagenet224": Preset(224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 256),
+}
+
+
+def preset(name: str) -> Preset:
+    """The preset called `name`; unknown names are a ConfigError."""
+    if name not in PRESETS:
+        raise ConfigError(f"data.transform: unknown preset {name!r}; known: {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
+def build_transforms(
+    name: str, train: bool, image_size: int | None = None, normalize: bool = False
+) -> Callable[[Image.Image], torch.Tensor]:
+    """Per-item transform of preset `name`: an RGB PIL image -> (3, S, S) float tensor.
+
+    imagenet224 train: RandomResizedCrop(224) + horizontal flip; eval: Resize(256) +
+    CenterCrop(224). small: Resize + CenterCrop to `image_size` (default 32) for both; its
+    training augmentation runs on the batch (`batch_augmentation`). Values stay in [0, 1]
+    unless `normalize`: the Embedder normalises its inputs with the preset's mean/std
+    (EmbedderSpec.mean/std), so a saved model needs no data pipeline to be used.
+    """
+    p = preset(name)
+    size = image_size or p.image_size
+    resize = size if name == "small" else round(size * p.resize / p.image_size)
+    if train and name != "small":
+        geometry = [v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip()]
+    else:
+        geometry = [v2.Resize(resize, antialias=True), v2.CenterCrop(size)]
+    steps = [*geometry, v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
+    if normalize:
+        steps.append(v2.Normalize(list(p.mean), list(p.std)))
+    return v2.Compose(steps)
+
+
+def batch_augmentation(name: str, enabled: bool) -> nn.Module:
+    """On-device batch augmentation of preset `name`: RandomAffine for small, else identity."""
+    preset(name)
+    return train_augmentation(enabled and name == "small")

@@ -17,3 +17,13 @@ def mean_nonzero(total: torch.Tensor, count: torch.Tensor, like: torch.Tensor) -
     if int(count) == 0:
         return like.sum() * 0.0 + total * 0.0
     return total / count
+
+
+def masked_logsumexp(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Row-wise log(sum_j mask_ij exp(x_ij)); rows with no True give 0, with zero gradient. (B,).
+
+    PML's `logsumexp(..., add_one=False)`. Empty rows are -inf inside; the final `where`
+    stops their (NaN) gradient before it reaches x.
+    """
+    lse = torch.logsumexp(x.masked_fill(~mask, float("-inf")), dim=1)
+    return torch.where(mask.any(1), lse, torch.zeros_like(lse))

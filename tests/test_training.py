@@ -1,0 +1,109 @@
+"""The trainer: class-parameter losses, learned-parameter learning rates, XBM, and the
+checkpoint chosen on a validation split carved from the training classes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from deepembed import data
+from deepembed.config import RunConfig, load_config
+from deepembed.errors import ConfigError
+from deepembed.evaluation import evaluate
+from deepembed.inference import Embeddings, embed
+from deepembed.losses import ClassLoss
+from deepembed.models.embedder import Embedder
+from deepembed.training.trainer import build_objective, make_optimizer, open_splits, train
+from tests.conftest import TINY_RUN
+
+
+def tiny_config(tmp_path: Path, *overrides: str) -> RunConfig:
+    return load_config(
+        "configs/mnist30.yaml", [f"output_dir={tmp_path}", "name=run", *TINY_RUN, *overrides]
+    )
+
+
+def test_class_loss_gets_classes_dim_and_its_own_learning_rate(tmp_path: Path) -> None:
+    config = tiny_config(tmp_path, "loss.name=proxy_anchor", "miner.name=", "optim.loss_lr=0.5")
+    loss_fn, miner = build_objective(config, num_classes=15, embedding_size=16)
+    assert isinstance(loss_fn, ClassLoss) and miner is None
+    assert (loss_fn.num_classes, loss_fn.embedding_size) == (15, 16)
+    model = torch.nn.Linear(3, 16)
+    optimizer = make_optimizer(config, model, loss_fn)
+    model_group, loss_group = optimizer.param_groups
+    assert model_group["lr"] == config.optim.lr and loss_group["lr"] == 0.5
+    assert loss_group["params"] == [loss_fn.proxies]
+
+
+def test_config_params_win_over_injected_ones(tmp_path: Path) -> None:
+    config = tiny_config(tmp_path, "loss.name=arcface", "loss.params={num_classes: 20}")
+    loss_fn, _ = build_objective(config, num_classes=15, embedding_size=16)
+    assert loss_fn.num_classes == 20 and loss_fn.weight.shape == (20, 16)
+
+
+def test_unknown_loss_parameter_is_a_config_error(tmp_path: Path) -> None:
+    config = tiny_config(tmp_path, "loss.name=triplet", "loss.params={alpha: 1}")
+    with pytest.raises(ConfigError, match="alpha"):
+        build_objective(config, num_classes=15, embedding_size=16)
+
+
+@pytest.mark.parametrize(
+    ("loss", "miner"), [("proxy_anchor", ""), ("arcface", ""), ("triplet", "semi_hard")]
+)
+def test_training_runs_with_any_family(tmp_path: Path, loss: str, miner: str) -> None:
+    """mnist30's training labels are not 0..C-1: the trainer maps them for class losses."""
+    config = tiny_config(tmp_path, f"loss.name={loss}", f"miner.name={miner}", "train.epochs=1")
+    result = train(config, progress=False)
+    assert np.isfinite(result.history[-1]["loss"])
+    assert 0.0 <= result.metrics["map@r"] <= 1.0
+
+
+def test_xbm_training_runs(tmp_path: Path) -> None:
+    config = tiny_config(tmp_path, "loss.memory_size=64", "train.epochs=1")
+    loss_fn, miner = build_objective(config, num_classes=15, embedding_size=16)
+    assert miner is None and type(loss_fn).__name__ == "CrossBatchMemory"
+    result = train(config, progress=False)
+    assert np.isfinite(result.history[-1]["loss"])
+
+
+def test_checkpoint_is_chosen_on_validation_classes(tmp_path: Path) -> None:
+    config = tiny_config(tmp_path, "data.val_classes=0.2", "train.epochs=3")
+    train_set, val_set, test_set = open_splits(config)
+    train_classes, val_classes = set(train_set.labels), set(val_set.labels)
+    test_classes = set(test_set.labels)
+    assert len(val_classes) == 3 and len(train_classes) == 12  # 20% of 15 training classes
+    assert not (train_classes & val_classes) and not (val_classes | train_classes) & test_classes
+
+    result = train(config, progress=False)
+    history = [
+        json.loads(x) for x in (result.run_dir / "history.jsonl").read_text().split("\n")[:-1]
+    ]
+    assert all("val" in h and "test" not in h for h in history)  # test never seen in training
+    val_scores = [h["val"]["map@r"] for h in history]
+    best_epoch = int(np.argmax(val_scores)) + 1
+    metrics = json.loads((result.run_dir / "metrics.json").read_text())
+    assert metrics["selected_epoch"] == best_epoch
+    assert metrics["selection"] == "best val map@r"
+    assert metrics["validation"]["map@r"] == pytest.approx(max(val_scores))
+    # the saved model is the selected epoch's: it reproduces that epoch's validation score,
+    # and the run's test embeddings are its embeddings
+    model = Embedder.load(result.model_dir)
+    val = embed(model, val_set, progress=False)
+    score = evaluate(val.vectors, val.labels, metrics=("map@r",))["map@r"]
+    assert score == pytest.approx(max(val_scores), abs=1e-6)
+    saved = Embeddings.load(result.run_dir / "embeddings" / "test.npz")
+    assert set(saved.labels) == test_classes and len(saved) == len(test_set)
+    assert np.allclose(saved.vectors, embed(model, test_set, progress=False).vectors, atol=1e-5)
+
+
+def test_validation_split_is_seeded_and_class_disjoint() -> None:
+    train_set = data.open("mnist30", "", "train", 150, 0)
+    a_train, a_val = data.validation_split(train_set, 0.2, seed=1)
+    _, b_val = data.validation_split(train_set, 0.2, seed=1)
+    assert np.array_equal(a_val.labels, b_val.labels) and np.array_equal(a_val.ids, b_val.ids)
+    assert not set(a_train.labels) & set(a_val.labels)
+    assert len(a_train) + len(a_val) == len(train_set)
