@@ -22,8 +22,8 @@ def mean_nonzero(total: torch.Tensor, count: torch.Tensor, like: torch.Tensor) -
 def masked_logsumexp(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Row-wise log(sum_j mask_ij exp(x_ij)); rows with no True give 0, with zero gradient. (B,).
 
-    PML's `logsumexp(..., add_one=False)`. Empty rows are -inf inside; the final `where`
-    stops their (NaN) gradient before it reaches x.
+    PML's `logsumexp(..., add_one=False)`. An empty row is -inf inside; `where` outputs 0
+    for it, and masked_fill's backward zeroes the NaN its logsumexp gradient carries.
     """
     lse = torch.logsumexp(x.masked_fill(~mask, float("-inf")), dim=1)
     return torch.where(mask.any(1), lse, torch.zeros_like(lse))

@@ -1,13 +1,36 @@
-"""Pair-based losses."""
+"""Pair-based losses: each works on one (B, B) distance or similarity matrix and pair masks."""
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
-from deepembed.distances import pairwise_similarity
+from deepembed.distances import pairwise_distance, pairwise_similarity
 from deepembed.losses.base import LOSSES, MetricLoss
-from deepembed.losses.functional import masked_log1p_sum_exp
+from deepembed.losses.functional import masked_log1p_sum_exp, masked_logsumexp, mean_nonzero
+from deepembed.losses.triplet import sample_triplets
 from deepembed.miners.base import Pairs, Triplets, label_masks
+
+
+def pair_masks(
+    labels: torch.Tensor, mined: Pairs | Triplets | None, loss_name: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, B) bool masks of the positive and negative pairs a pair loss uses.
+
+    None means every pair of the batch (diagonal excluded); mined Pairs select a subset
+    (a pair listed twice counts once); Triplets are a TypeError.
+    """
+    if isinstance(mined, Triplets):
+        raise TypeError(f"{loss_name} takes Pairs, not Triplets")
+    if mined is None:
+        return label_masks(labels)
+    return mined.masks(len(labels))
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of `values` where `mask` is True; a graph-connected 0 when nothing is selected."""
+    return mean_nonzero(torch.where(mask, values, 0.0).sum(), mask.sum(), values)
 
 
 @LOSSES.register("multi_similarity")
@@ -25,13 +48,233 @@ class MultiSimilarityLoss(MetricLoss):
     def compute(
         self, embeddings: torch.Tensor, labels: torch.Tensor, mined: Pairs | Triplets | None
     ) -> torch.Tensor:
-        if isinstance(mined, Triplets):
-            raise TypeError("multi_similarity takes Pairs, not Triplets")
-        if mined is None:
-            pos, neg = label_masks(labels)
-        else:
-            pos, neg = mined.masks(len(labels))
+        pos, neg = pair_masks(labels, mined, "multi_similarity")
         sim = pairwise_similarity(embeddings)  # (B, B)
         pos_loss = masked_log1p_sum_exp(-self.alpha * (sim - self.base), pos) / self.alpha
         neg_loss = masked_log1p_sum_exp(self.beta * (sim - self.base), neg) / self.beta
         return (pos_loss + neg_loss).mean()
+
+
+@LOSSES.register("contrastive")
+class ContrastiveLoss(MetricLoss):
+    """Contrastive loss (Hadsell, Chopra & LeCun 2006) on distances d.
+
+    Positive pair: max(0, d - pos_margin); negative pair: max(0, neg_margin - d). Each side
+    is averaged over its pairs with a positive loss and the two averages are added
+    (pytorch-metric-learning's AvgNonZeroReducer per sub-loss). Time and memory O(B^2).
+
+    Args:
+        pos_margin: distance under which a positive pair costs nothing.
+        neg_margin: distance beyond which a negative pair costs nothing.
+        distance: "euclidean" (default, as PML's LpDistance, which also L2-normalises the
+            embeddings: ours does not, so normalise in the model head), "squared_euclidean"
+            or "cosine" (1 - cos; PML's CosineSimilarity margins m become 1 - m here).
+
+    Unlike PML, a batch whose pair lists all have at most one entry is not forced to 0, and
+    mined pairs are a set (PML counts a pair listed twice twice; our miners list each once).
+    """
+
+    def __init__(
+        self, pos_margin: float = 0.0, neg_margin: float = 1.0, distance: str = "euclidean"
+    ) -> None:
+        super().__init__()
+        self.pos_margin, self.neg_margin, self.distance = pos_margin, neg_margin, distance
+
+    def compute(
+        self, embeddings: torch.Tensor, labels: torch.Tensor, mined: Pairs | Triplets | None
+    ) -> torch.Tensor:
+        pos, neg = pair_masks(labels, mined, "contrastive")
+        dist = pairwise_distance(embeddings, kind=self.distance)  # (B, B)
+        pos_loss = torch.relu(dist - self.pos_margin).masked_fill(~pos, 0.0)
+        neg_loss = torch.relu(self.neg_margin - dist).masked_fill(~neg, 0.0)
+        return mean_nonzero(pos_loss.sum(), (pos_loss > 0).sum(), embeddings) + mean_nonzero(
+            neg_loss.sum(), (neg_loss > 0).sum(), embeddings
+        )
+
+
+@LOSSES.register("binomial_deviance")
+class BinomialDevianceLoss(MetricLoss):
+    """Binomial deviance loss (Yi, Lei, Liao & Li 2014, "Deep Metric Learning for Person
+    Re-Identification") on cosine similarities s.
+
+    The paper's J = sum_ij W_ij log(1 + exp(-alpha (s_ij - beta) M_ij)) with M_ij = 1 for a
+    positive pair and M_ij = -neg_cost (the paper's -C) for a negative pair, and
+    W_ij = 1 / (number of positive pairs) or 1 / (number of negative pairs). So:
+
+        loss = mean over positive pairs of log(1 + exp(-alpha (s - beta)))
+             + mean over negative pairs of log(1 + exp(alpha * neg_cost * (s - beta)))
+
+    Pairs are ordered (i, j), i != j, over the whole batch (or the mined Pairs); a side with
+    no pair contributes 0. Defaults alpha=2, beta=0.5, C=25 as in the paper's follow-ups
+    (BIER, Opitz et al. 2017). PML has no such loss. Time and memory O(B^2).
+    """
+
+    def __init__(self, alpha: float = 2.0, beta: float = 0.5, neg_cost: float = 25.0) -> None:
+        super().__init__()
+        self.alpha, self.beta, self.neg_cost = alpha, beta, neg_cost
+
+    def compute(
+        self, embeddings: torch.Tensor, labels: torch.Tensor, mined: Pairs | Triplets | None
+    ) -> torch.Tensor:
+        pos, neg = pair_masks(labels, mined, "binomial_deviance")
+        shifted = self.alpha * (pairwise_similarity(embeddings) - self.beta)  # (B, B)
+        # log(1 + exp(-alpha (s - beta) M)); one softplus pass, as pos and neg are disjoint
+        losses = F.softplus(torch.where(pos, -shifted, self.neg_cost * shifted))
+        return masked_mean(losses, pos) + masked_mean(losses, neg)
+
+
+@LOSSES.register("circle")
+class CircleLoss(MetricLoss):
+    """Circle loss (Sun et al. 2020), pair-label form, on cosine similarities s.
+
+    Per anchor: softplus(logsumexp_p(-gamma a_p (s_p - (1 - m)))
+                         + logsumexp_n(gamma a_n (s_n - m))),
+    with a_p = max(0, 1 + m - s_p) and a_n = max(0, s_n + m) held constant in backward
+    (as the official code and PML do). Averaged over the anchors that have at least one
+    positive and one negative pair (PML: AvgNonZeroReducer; the same, since a valid anchor's
+    loss is > 0). Time and memory O(B^2).
+
+    Args:
+        m: relaxation margin; gamma: scale (PML's defaults, the paper's fine-grained setting).
+
+    Unlike PML, a batch whose pair lists all have at most one entry is not forced to 0.
+    """
+
+    def __init__(self, m: float = 0.4, gamma: float = 80.0) -> None:
+        super().__init__()
+        self.m, self.gamma = m, gamma
+
+    def compute(
+        self, embeddings: torch.Tensor, labels: torch.Tensor, mined: Pairs | Triplets | None
+    ) -> torch.Tensor:
+        pos, neg = pair_masks(labels, mined, "circle")
+        sim = pairwise_similarity(embeddings)  # (B, B)
+        alpha_pos = torch.relu(1.0 + self.m - sim.detach())
+        alpha_neg = torch.relu(sim.detach() + self.m)
+        pos_logits = -self.gamma * alpha_pos * (sim - (1.0 - self.m))
+        neg_logits = self.gamma * alpha_neg * (sim - self.m)
+        losses = F.softplus(masked_logsumexp(pos_logits, pos) + masked_logsumexp(neg_logits, neg))
+        return masked_mean(losses, pos.any(1) & neg.any(1))
+
+
+@LOSSES.register("margin")
+class MarginLoss(MetricLoss):
+    """Margin loss (Wu, Manmatha, Smola & Krähenbühl 2017, "Sampling Matters").
+
+    Per triplet (a, p, n): max(0, d_ap - beta + margin) + max(0, beta - d_an + margin), where
+    beta is a fixed boundary, or a learned one (`learn_beta`: global, or per anchor class
+    when `num_classes` is given; labels must then be class indices in [0, num_classes)).
+    The sum is divided by the number of positive pair terms plus the number of positive
+    negative-pair terms over all triplets (PML's DivisorReducer). With `learn_beta`, the
+    regulariser nu * beta is added (global beta), or nu * sum of the triplets' beta divided
+    by that same count (per-class beta), as PML does.
+
+    Triplets: `mined` Triplets, else every valid triplet ("all") or `triplets_per_anchor`
+    random ones per anchor (positive and negative each uniform, with replacement). For
+    "all", nothing of size B^3 is formed: a pair (a, p) occurs in one triplet per negative
+    of a, and a pair (a, n) in one per positive of a, so the triplet sums are pair sums
+    weighted by those counts, O(B^2) time and memory, with PML's value exactly.
+
+    Args:
+        margin, nu, beta, triplets_per_anchor, learn_beta, num_classes: as PML's MarginLoss.
+        distance: "euclidean" (default; PML's LpDistance also normalises the embeddings,
+            ours does not), "squared_euclidean" or "cosine" (1 - cos; a PML
+            CosineSimilarity boundary beta is 1 - beta here). beta is always a distance,
+            so nu * beta pulls the boundary inwards, as in the paper; with a similarity,
+            PML's nu * beta pulls it the other way, so cosine matches PML only at nu = 0.
+    """
+
+    def __init__(
+        self,
+        margin: float = 0.2,
+        nu: float = 0.0,
+        beta: float = 1.2,
+        triplets_per_anchor: int | str = "all",
+        learn_beta: bool = False,
+        num_classes: int | None = None,
+        distance: str = "euclidean",
+    ) -> None:
+        super().__init__()
+        if triplets_per_anchor != "all" and (
+            not isinstance(triplets_per_anchor, int) or triplets_per_anchor < 1
+        ):
+            raise ValueError(
+                f'triplets_per_anchor must be "all" or an int >= 1, got {triplets_per_anchor!r}'
+            )
+        if num_classes is not None and num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        self.margin, self.nu, self.distance = margin, nu, distance
+        self.triplets_per_anchor = triplets_per_anchor
+        self.learn_beta, self.num_classes = learn_beta, num_classes
+        init = torch.full((num_classes or 1,), float(beta))  # (1,) or (num_classes,)
+        if learn_beta:
+            self.beta = nn.Parameter(init)
+        else:
+            self.register_buffer("beta", init)
+
+    def compute(
+        self, embeddings: torch.Tensor, labels: torch.Tensor, mined: Pairs | Triplets | None
+    ) -> torch.Tensor:
+        if isinstance(mined, Pairs):
+            raise TypeError("margin takes Triplets, not Pairs")
+        if self.num_classes is not None and labels.numel():
+            low, high = int(labels.min()), int(labels.max())
+            if low < 0 or high >= self.num_classes:
+                raise ValueError(
+                    f"labels must be class indices in [0, {self.num_classes}) when "
+                    f"num_classes is set, got [{low}, {high}]"
+                )
+        if mined is None and self.triplets_per_anchor != "all":
+            mined = sample_triplets(labels, int(self.triplets_per_anchor))
+        dist = pairwise_distance(embeddings, kind=self.distance)  # (B, B)
+        beta = self.beta.to(dist.dtype)
+        if mined is None:
+            return self._all_triplets(dist, labels, beta, embeddings)
+        a, p, n = mined.anchor, mined.positive, mined.negative
+        beta_a = beta if self.num_classes is None else beta[labels[a]]  # (1,) or (T,)
+        pos_loss = torch.relu(dist[a, p] - beta_a + self.margin)  # (T,)
+        neg_loss = torch.relu(beta_a - dist[a, n] + self.margin)
+        active = (pos_loss > 0).sum() + (neg_loss > 0).sum()
+        beta_sum = beta_a.sum() if self.num_classes is not None else beta_a[0]
+        return self._reduce((pos_loss + neg_loss).sum(), active, len(a), beta_sum, beta, embeddings)
+
+    def _all_triplets(
+        self, dist: torch.Tensor, labels: torch.Tensor, beta: torch.Tensor, like: torch.Tensor
+    ) -> torch.Tensor:
+        """Every valid triplet as pair terms weighted by their triplet counts, O(B^2)."""
+        pos, neg = label_masks(labels)
+        n_pos, n_neg = pos.sum(1), neg.sum(1)  # (B,) positives / negatives of each anchor
+        # triplets each pair is in: (a, p) one per negative of a, (a, n) one per positive
+        weight = torch.where(pos, n_neg[:, None].to(dist.dtype), neg * n_pos[:, None])  # (B, B)
+        beta_a = (beta if self.num_classes is None else beta[labels])[:, None]  # (B|1, 1)
+        gap = dist - beta_a
+        # pos and neg pairs are disjoint: one (B, B) matrix holds both kinds of term
+        losses = torch.relu(torch.where(pos, gap, -gap) + self.margin)
+        hit = losses > 0
+        # positive terms over all triplets, counted exactly in integers (the divisor)
+        active = ((hit & pos).sum(1) * n_neg + (hit & neg).sum(1) * n_pos).sum()
+        per_anchor = n_pos * n_neg  # (B,) triplets of each anchor
+        beta_sum = beta[0]
+        if self.num_classes is not None:
+            beta_sum = (per_anchor * beta_a[:, 0]).sum()
+        total = (weight * losses).sum()
+        return self._reduce(total, active, int(per_anchor.sum()), beta_sum, beta, like)
+
+    def _reduce(
+        self,
+        total: torch.Tensor,
+        active: torch.Tensor,
+        n_triplets: int,
+        beta_sum: torch.Tensor,
+        beta: torch.Tensor,
+        like: torch.Tensor,
+    ) -> torch.Tensor:
+        """total / active, plus the beta regulariser; 0 when there is no triplet (as PML)."""
+        if n_triplets == 0:
+            return self.zero(like)
+        loss = mean_nonzero(total, active, like)
+        if not self.learn_beta:
+            return loss
+        if self.num_classes is None:  # PML adds nu * beta as an already-reduced term
+            return loss + self.nu * beta_sum
+        return loss + mean_nonzero(self.nu * beta_sum, active, beta)

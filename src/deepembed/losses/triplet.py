@@ -1,17 +1,74 @@
-"""Triplet losses."""
+"""Triplet losses: a function of (d_ap, d_an) per triplet, on one (B, B) distance matrix."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, ClassVar
+
 import torch
+import torch.nn.functional as F
+from torch.autograd.function import FunctionCtx, once_differentiable
 
 from deepembed.distances import pairwise_distance
 from deepembed.losses.base import LOSSES, MetricLoss
 from deepembed.losses.functional import mean_nonzero
 from deepembed.miners.base import Pairs, Triplets, label_masks
 
+# x = d_ap - d_an (any shape) -> (per-triplet loss, its derivative w.r.t. x)
+TripletTerms = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+PAIR_ELEMENTS = 2**22  # temporaries of the chunked all-triplet sums hold ~this many numbers
+
+
+def sample_triplets(labels: torch.Tensor, per_anchor: int) -> Triplets:
+    """`per_anchor` random triplets for every anchor that has a positive and a negative:
+    positive and negative each drawn uniformly, with replacement (as PML's random triplets).
+    """
+    pos, neg = label_masks(labels)
+    anchors = torch.nonzero(pos.any(1) & neg.any(1), as_tuple=True)[0]  # (A,)
+    if len(anchors) == 0:
+        empty = anchors.new_empty(0)
+        return Triplets(empty, empty, empty)
+    positive = torch.multinomial(pos[anchors].float(), per_anchor, replacement=True)  # (A, k)
+    negative = torch.multinomial(neg[anchors].float(), per_anchor, replacement=True)
+    return Triplets(anchors.repeat_interleave(per_anchor), positive.flatten(), negative.flatten())
+
+
+class TripletFamilyLoss(MetricLoss):
+    """Shared steps of the triplet losses: Triplets only, one distance matrix, then either
+    the mined triplets' x = d_ap - d_an (`mined_loss`) or every valid triplet (`all_triplets`).
+    """
+
+    name: ClassVar[str]
+
+    def __init__(self, distance: str) -> None:
+        super().__init__()
+        self.distance = distance
+
+    def compute(
+        self, embeddings: torch.Tensor, labels: torch.Tensor, mined: Pairs | Triplets | None
+    ) -> torch.Tensor:
+        if isinstance(mined, Pairs):
+            raise TypeError(f"{self.name} takes Triplets, not Pairs")
+        dist = pairwise_distance(embeddings, kind=self.distance)  # (B, B)
+        if mined is None:
+            return self.all_triplets(dist, labels)
+        if len(mined) == 0:
+            return self.zero(embeddings)
+        anchor = mined.anchor
+        return self.mined_loss(dist[anchor, mined.positive] - dist[anchor, mined.negative])
+
+    def mined_loss(self, x: torch.Tensor) -> torch.Tensor:
+        """The reduced loss of triplets with x = d_ap - d_an, shape (T,), T >= 1."""
+        raise NotImplementedError
+
+    def all_triplets(self, dist: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The reduced loss over every valid triplet of the batch."""
+        raise NotImplementedError
+
 
 @LOSSES.register("triplet")
-class TripletMarginLoss(MetricLoss):
+class TripletMarginLoss(TripletFamilyLoss):
     """max(0, d(a, p) - d(a, n) + margin) (Schroff et al. 2015), averaged over the
     triplets with a positive loss (pytorch-metric-learning's AvgNonZeroReducer).
 
@@ -20,30 +77,19 @@ class TripletMarginLoss(MetricLoss):
     memory stays O(B^2), backward included.
     """
 
+    name = "triplet"
+
     def __init__(
         self, margin: float = 0.05, distance: str = "euclidean", anchor_block: int = 64
     ) -> None:
-        super().__init__()
-        self.margin, self.distance, self.anchor_block = margin, distance, anchor_block
+        super().__init__(distance)
+        self.margin, self.anchor_block = margin, anchor_block
 
-    def compute(
-        self, embeddings: torch.Tensor, labels: torch.Tensor, mined: Pairs | Triplets | None
-    ) -> torch.Tensor:
-        if isinstance(mined, Pairs):
-            raise TypeError("triplet takes Triplets, not Pairs")
-        dist = pairwise_distance(embeddings, kind=self.distance)  # (B, B)
-        if mined is not None:
-            if len(mined) == 0:
-                return self.zero(embeddings)
-            losses = torch.relu(
-                dist[mined.anchor, mined.positive]
-                - dist[mined.anchor, mined.negative]
-                + self.margin
-            )
-            return mean_nonzero(losses.sum(), (losses > 0).sum(), embeddings)
-        return self._all_triplets(dist, labels)
+    def mined_loss(self, x: torch.Tensor) -> torch.Tensor:
+        losses = torch.relu(x + self.margin)
+        return mean_nonzero(losses.sum(), (losses > 0).sum(), x)
 
-    def _all_triplets(self, dist: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def all_triplets(self, dist: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Mean positive loss over every valid triplet, in O(B^2 log B) time, O(B^2) memory.
 
         Triplet (a, p, n) is active iff d_an < d_ap + margin, so for each (a, p) the active
@@ -69,3 +115,130 @@ class TripletMarginLoss(MetricLoss):
         if int(count) == 0:
             return self.zero(dist)
         return total / count
+
+
+class _AllTripletSum(torch.autograd.Function):
+    """sum over every valid triplet (a, p, n) of f(d_ap - d_an), given the (B, B) distances.
+
+    Chunked over anchor-positive pairs, `block` at a time: a chunk is a (block, B) slab
+    x[(a, p), n] = d_ap - d_an, with d_an = +inf where n is not a negative of a, so f needs
+    f(-inf) = f'(-inf) = 0 (true of losses that vanish on easy triplets) and no mask pass.
+    The gradient w.r.t. the distances, dL/dd_ap = sum_n f'(x) and dL/dd_an = -sum_p f'(x),
+    is accumulated into one (B, B) tensor in the same pass and saved, instead of autograd
+    keeping every slab. Time O(P B) for P positive pairs (<= B^3); memory O(B^2 + block B),
+    backward included.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: FunctionCtx,
+        dist: torch.Tensor,
+        pos: torch.Tensor,
+        neg: torch.Tensor,
+        terms: TripletTerms,
+        block: int,
+    ) -> torch.Tensor:
+        anchor, positive = torch.nonzero(pos, as_tuple=True)  # (P,) each
+        far = dist.masked_fill(~neg, float("inf"))  # (B, B): only negatives stay finite
+        grad = torch.zeros_like(dist) if ctx.needs_input_grad[0] else None  # type: ignore[attr-defined]
+        total = dist.new_zeros(())
+        for a, p in zip(anchor.split(block), positive.split(block), strict=True):
+            x = dist[a, p][:, None] - far[a]  # (c, B): d_ap - d_an, -inf off the negatives
+            value, slope = terms(x)
+            total += value.sum()
+            if grad is not None:
+                grad[a, p] = slope.sum(1)  # each (a, p) is in one chunk only
+                grad.index_add_(0, a, slope, alpha=-1.0)  # repeated anchors accumulate
+        ctx.save_for_backward(grad)
+        return total
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_total: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        (grad,) = ctx.saved_tensors
+        return grad_total * grad, None, None, None, None
+
+
+class SmoothTripletLoss(TripletFamilyLoss):
+    """A triplet loss f(d_ap - d_an) with no zero region, averaged over the triplets.
+
+    Every triplet contributes, so there is no sparsity to exploit: the all-triplet mean is
+    computed exactly by `_AllTripletSum` in O(P B) time (P = anchor-positive pairs) and
+    O(B^2 + pair_block B) memory. `pair_block` (default: about 4M numbers / B) bounds the
+    temporaries. Subclasses define `terms(x) -> (f(x), f'(x))`, with f(-inf) = f'(-inf) = 0.
+    """
+
+    def __init__(self, distance: str, pair_block: int | None) -> None:
+        super().__init__(distance)
+        if pair_block is not None and pair_block < 1:
+            raise ValueError(f"pair_block must be >= 1, got {pair_block}")
+        self.pair_block = pair_block
+
+    def terms(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def mined_loss(self, x: torch.Tensor) -> torch.Tensor:
+        return self.terms(x)[0].mean()
+
+    def all_triplets(self, dist: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        pos, neg = label_masks(labels)
+        count = int((pos.sum(1) * neg.sum(1)).sum())  # valid triplets
+        if count == 0:
+            return self.zero(dist)
+        block = self.pair_block or max(1, PAIR_ELEMENTS // len(dist))
+        return _AllTripletSum.apply(dist, pos, neg, self.terms, block) / count
+
+
+@LOSSES.register("soft_margin_triplet")
+class SoftMarginTripletLoss(SmoothTripletLoss):
+    """Soft-margin triplet loss (Hermans, Beyer & Leibe 2017, "In Defense of the Triplet
+    Loss"): log(1 + exp(d_ap - d_an + margin)), the softplus in place of the hinge.
+
+    The paper has no margin (the default 0); `margin` gives PML's
+    TripletMarginLoss(smooth_loss=True, margin=...) (PML's default margin there is 0.05).
+    Reduction: the mean over all triplets (mined, or every valid one of the batch), as in
+    the paper. PML reduces with AvgNonZeroReducer, which also drops triplets whose softplus
+    underflows to exactly 0 (float32, x < about -104); we keep them in the mean.
+    All-triplet cost: O(P B) time, O(B^2 + pair_block B) memory (see SmoothTripletLoss).
+
+    Args:
+        distance: "euclidean" (default; PML's LpDistance also normalises, ours does not),
+            "squared_euclidean" or "cosine" (1 - cos).
+    """
+
+    name = "soft_margin_triplet"
+
+    def __init__(
+        self, margin: float = 0.0, distance: str = "euclidean", pair_block: int | None = None
+    ) -> None:
+        super().__init__(distance, pair_block)
+        self.margin = margin
+
+    def terms(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        shifted = x + self.margin
+        return F.softplus(shifted), torch.sigmoid(shifted)
+
+
+@LOSSES.register("ratio_triplet")
+class RatioTripletLoss(SmoothTripletLoss):
+    """Ratio triplet loss (Hoffer & Ailon 2015, "Deep Metric Learning Using Triplet Network").
+
+    With d+ = e^{d_ap} / (e^{d_ap} + e^{d_an}) and d- = e^{d_an} / (e^{d_ap} + e^{d_an}) (a
+    softmax over the two euclidean distances), the paper's loss || (d+, d- - 1) ||^2 equals
+    2 (d+)^2 = 2 sigmoid(d_ap - d_an)^2, averaged over the triplets (mined, or every valid
+    one of the batch). PML has no such loss.
+    All-triplet cost: O(P B) time, O(B^2 + pair_block B) memory (see SmoothTripletLoss).
+
+    Args:
+        distance: "euclidean" (the paper's), "squared_euclidean" or "cosine" (1 - cos).
+    """
+
+    name = "ratio_triplet"
+
+    def __init__(self, distance: str = "euclidean", pair_block: int | None = None) -> None:
+        super().__init__(distance, pair_block)
+
+    def terms(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        soft_pos = torch.sigmoid(x)  # d+
+        square = soft_pos * soft_pos
+        return 2.0 * square, 4.0 * square * (1.0 - soft_pos)  # f = 2 d+^2, f' = 4 d+^2 d-
