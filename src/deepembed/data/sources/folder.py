@@ -1,0 +1,124 @@
+"""The user's own data: `folder` (one sub-folder per class) and `csv` (path,label[,split]).
+
+folder: `root/<class>/**/<image>`; when `root/<split>/` folders exist (train, test, ...)
+each split is read from its own folder. Otherwise the classes (sorted) are halved,
+class-disjoint: train = the first half, test = the rest, all = every class. Labels index
+the sorted class names (over all split folders, so a class keeps its label everywhere).
+
+csv: `root` is the CSV file, or a folder holding `labels.csv`; rows are path,label[,split]
+with paths relative to the CSV's folder (an optional header row starts with "path").
+Without a split column the classes are halved as for folders.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import numpy as np
+
+from deepembed.data.datasets import ImageFileDataset
+from deepembed.data.images import is_image_name
+from deepembed.data.sources.common import FileOptions, file_dataset
+from deepembed.data.splits import class_halves
+from deepembed.errors import DataError
+
+
+def _subfolders(path: Path) -> list[str]:
+    return sorted(e.name for e in os.scandir(path) if e.is_dir() and not e.name.startswith("."))
+
+
+def _images_under(folder: Path) -> list[str]:
+    """Image files below `folder`, relative to it, in a stable (sorted) order."""
+    found = []
+    for parent, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        rel = Path(parent).relative_to(folder)
+        found += [str(rel / f) for f in sorted(files) if is_image_name(f) and f[0] != "."]
+    return found
+
+
+def _label_order(names: list[str]) -> list[str]:
+    """Class names sorted numerically when they are all integers, else as text."""
+    if all(n.lstrip("-").isdigit() for n in names):
+        return sorted(names, key=int)
+    return sorted(names)
+
+
+def open_folder(root: str, split: str, options: FileOptions) -> ImageFileDataset:
+    """An ImageFolder-style tree; see the module docstring for splits."""
+    base = Path(root)
+    if not root or not base.is_dir():
+        raise DataError(f"folder dataset: root {root!r} is not a directory")
+    top = _subfolders(base)
+    split_dirs = [d for d in top if d in ("train", "test", "val", "query", "gallery")]
+    if split_dirs:
+        if split not in split_dirs:
+            raise DataError(f"no split folder {split!r} in {root}; found {', '.join(split_dirs)}")
+        classes = _label_order(sorted({c for d in split_dirs for c in _subfolders(base / d)}))
+        folder, chosen = base / split, _subfolders(base / split)
+    else:
+        classes = _label_order(top)
+        folder, chosen = base, class_halves(classes, split)
+    if not classes:
+        raise DataError(f"folder dataset {root}: no class sub-folders")
+    label_of = {c: i for i, c in enumerate(classes)}
+    relative, labels = [], []
+    for name in chosen:
+        files = _images_under(folder / name)
+        relative += [f"{name}/{f}" for f in files]
+        labels += [label_of[name]] * len(files)
+    return file_dataset(
+        folder, relative, np.array(labels, np.int64), dict(enumerate(classes)), options
+    )
+
+
+def read_csv(root: str) -> tuple[Path, list[list[str]]]:
+    """The CSV file of `root` and its rows path,label[,split] (header dropped, fields stripped)."""
+    path = Path(root)
+    if path.is_dir():
+        path = path / "labels.csv"
+    if not path.is_file():
+        raise DataError(f"csv dataset: no CSV file at {path}")
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            rows = [[c.strip() for c in r] for r in csv.reader(f) if any(c.strip() for c in r)]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"cannot read CSV file {path}: {exc}") from exc
+    if rows and rows[0][0].lower() == "path":
+        rows = rows[1:]
+    for number, row in enumerate(rows, 1):
+        if len(row) not in (2, 3) or not row[0]:
+            raise DataError(f"{path}: row {number} is not path,label[,split]: {row}")
+    if len({len(r) for r in rows}) > 1:
+        raise DataError(f"{path}: either every row has a split column or none does")
+    return path, rows
+
+
+def csv_splits(root: str) -> tuple[str, ...]:
+    """The split names of a CSV's split column (empty without one)."""
+    _, rows = read_csv(root)
+    return tuple(sorted({r[2] for r in rows if len(r) == 3}))
+
+
+def open_csv(root: str, split: str, options: FileOptions) -> ImageFileDataset:
+    """Rows path,label[,split] of a CSV file; see the module docstring."""
+    path, rows = read_csv(root)
+    if rows and len(rows[0]) == 3:
+        chosen = [r for r in rows if r[2] == split]
+        if not chosen:
+            known = ", ".join(csv_splits(root))
+            raise DataError(f"{path}: no rows of split {split!r}; found {known}")
+    else:
+        keep = set(class_halves(_label_order(sorted({r[1] for r in rows})), split))
+        chosen = [r for r in rows if r[1] in keep]
+    classes = _label_order(sorted({r[1] for r in rows}))
+    label_of = {c: i for i, c in enumerate(classes)}
+    return file_dataset(
+        path.parent,
+        [r[0] for r in chosen],
+        np.array([label_of[r[1]] for r in chosen], np.int64),
+        dict(enumerate(classes)),
+        options,
+    )

@@ -1,0 +1,139 @@
+"""Robustness: unreadable files by name, skip/fail policy, path escapes, bombs, colour modes."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from deepembed import data
+from deepembed.data import images
+from deepembed.data.images import check_image, load_image, resolve_inside, to_rgb
+from deepembed.errors import DataError
+from tests.data.conftest import write_image
+
+
+@pytest.fixture
+def broken_folder(tmp_path: Path) -> Path:
+    """Two classes of good images plus a truncated JPEG, a text file named .jpg, an empty PNG."""
+    for c in ("a", "b"):
+        for j in range(3):
+            write_image(tmp_path / c / f"{j}.jpg", seed=j, size=(64, 48))
+    good = (tmp_path / "a" / "0.jpg").read_bytes()
+    (tmp_path / "a" / "truncated.jpg").write_bytes(good[: len(good) // 2])
+    (tmp_path / "b" / "text.jpg").write_text("this is not an image")
+    (tmp_path / "b" / "empty.png").write_bytes(b"")
+    return tmp_path
+
+
+def test_check_image_names_each_problem(broken_folder: Path) -> None:
+    assert check_image(broken_folder / "a" / "0.jpg") is None
+    assert "UnidentifiedImageError" in check_image(broken_folder / "b" / "text.jpg")
+    assert check_image(broken_folder / "nope.jpg") == "missing file"
+    # a header check passes a truncated JPEG; a full decode finds it
+    assert "truncated" in check_image(broken_folder / "a" / "truncated.jpg", full=True)
+    with pytest.raises(DataError, match=r"cannot read image .*truncated\.jpg"):
+        load_image(broken_folder / "a" / "truncated.jpg")
+
+
+def test_scan_fail_policy_names_the_file(broken_folder: Path) -> None:
+    with pytest.raises(DataError, match=r"2 of 9 files unusable: .*(text|empty)"):
+        data.open("folder", str(broken_folder), "all", scan=True)
+
+
+def test_scan_skip_policy_drops_and_reports(broken_folder: Path, caplog) -> None:
+    with caplog.at_level(logging.WARNING):
+        dataset = data.open("folder", str(broken_folder), "all", scan=True, on_error="skip")
+    assert len(dataset) == 7
+    assert sorted(Path(p).name for p, _ in dataset.problems.problems) == ["empty.png", "text.jpg"]
+    assert "skipped 2 of 9 files unusable" in caplog.text
+
+
+def test_load_time_policy(broken_folder: Path, caplog) -> None:
+    """Without a scan, a truncated file surfaces when loaded: fail names it, skip substitutes
+    another image of the same class so batches keep their shape."""
+    strict = data.open("folder", str(broken_folder), "all", transform="small")
+    strict = strict.subset(np.flatnonzero(strict.labels == 0))  # class "a" holds it
+    row = int(np.flatnonzero([p.endswith("truncated.jpg") for p in strict.paths])[0])
+    with pytest.raises(DataError, match=r"truncated\.jpg"):
+        strict[row]
+    lenient = data.open("folder", str(broken_folder), "all", transform="small", on_error="skip")
+    lenient = lenient.subset(np.flatnonzero(lenient.labels == 0))  # the class holding it
+    with caplog.at_level(logging.WARNING):
+        image, label = lenient[row]
+    assert image.shape == (3, 32, 32) and label == 0
+    assert "skipping unreadable image" in caplog.text and "truncated.jpg" in caplog.text
+    expected = lenient[(row + 1) % len(lenient)][0]
+    assert np.allclose(image.numpy(), expected.numpy())
+
+
+def test_missing_listed_file(cub_root: Path) -> None:
+    victim = next((cub_root / "CUB_200_2011" / "images").rglob("*.jpg"))
+    victim.unlink()
+    with pytest.raises(DataError, match=rf"missing file.*|{victim.name}"):
+        data.open("cub200", str(cub_root), "train")
+    dataset = data.open("cub200", str(cub_root), "train", on_error="skip")
+    assert len(dataset) == 6 and dataset.problems.problems[0][0].endswith(victim.name)
+
+
+def test_paths_escaping_the_root_are_rejected(tmp_path: Path, sop_root: Path) -> None:
+    with pytest.raises(DataError, match="escapes the dataset root"):
+        resolve_inside(tmp_path, "../outside.jpg")
+    with pytest.raises(DataError, match="escapes the dataset root"):
+        resolve_inside(tmp_path, "/etc/passwd")
+    assert resolve_inside(tmp_path, "a/../b.jpg") == (tmp_path / "b.jpg").resolve()
+    listing = sop_root / "Ebay_test.txt"
+    listing.write_text(listing.read_text() + "99 7 3 ../../etc/passwd\n")
+    with pytest.raises(DataError, match=r"'\.\./\.\./etc/passwd' .* escapes"):
+        data.open("sop", str(sop_root), "test")
+
+
+def test_csv_rejects_escaping_paths(tmp_path: Path) -> None:
+    write_image(tmp_path / "outside.png")
+    (tmp_path / "ds").mkdir()
+    (tmp_path / "ds" / "labels.csv").write_text("../outside.png,a\n")
+    with pytest.raises(DataError, match="escapes"):
+        data.open("csv", str(tmp_path / "ds"), "all")
+
+
+def test_decompression_bombs_are_refused(tmp_path: Path, monkeypatch) -> None:
+    path = write_image(tmp_path / "big.png", size=(200, 100))
+    monkeypatch.setattr(images, "MAX_IMAGE_PIXELS", 10_000)
+    with pytest.raises(DataError, match=r"200x100 pixels exceeds the limit of 10000"):
+        load_image(path)
+    assert "exceeds the limit" in check_image(path)
+    assert load_image(path, max_pixels=20_000).size == (200, 100)
+    # PIL's own bomb error (an image beyond twice its limit) is refused too
+    monkeypatch.setattr(images, "MAX_IMAGE_PIXELS", 10**9)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 5_000)
+    with pytest.raises(DataError, match="DecompressionBomb"):
+        load_image(path)
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "P", "CMYK", "LA", "I;16", "1"])
+def test_modes_convert_to_rgb(tmp_path: Path, mode: str) -> None:
+    suffix = ".jpg" if mode == "CMYK" else ".png"
+    path = write_image(tmp_path / f"x{suffix}", seed=3, size=(9, 7), mode=mode)
+    assert Image.open(path).mode == mode
+    image = load_image(path)
+    assert image.mode == "RGB" and image.size == (9, 7)
+
+
+def test_conversions_keep_meaning() -> None:
+    grey = Image.fromarray(np.full((2, 2), 77, np.uint8), "L")
+    assert np.asarray(to_rgb(grey)).tolist() == [[[77] * 3] * 2] * 2
+    clear = Image.new("RGBA", (2, 2), (10, 20, 30, 0))  # fully transparent -> white
+    assert np.asarray(to_rgb(clear))[0, 0].tolist() == [255, 255, 255]
+    deep = Image.fromarray(np.full((2, 2), 65535, np.uint16))  # 16-bit white stays white
+    assert np.asarray(to_rgb(deep))[0, 0].tolist() == [255, 255, 255]
+    cmyk = Image.new("CMYK", (1, 1), (0, 255, 255, 0))  # no cyan, full magenta+yellow = red
+    assert np.asarray(to_rgb(cmyk))[0, 0].tolist() == [255, 0, 0]
+
+
+def test_on_error_must_be_known(tmp_path: Path) -> None:
+    write_image(tmp_path / "a" / "0.png")
+    with pytest.raises(DataError, match="on_error must be one of fail, skip"):
+        data.open("folder", str(tmp_path), "all", on_error="ignore")
