@@ -50,9 +50,11 @@ def assert_matches_oracle(res: KnnResult, full: np.ndarray, k: int, exclude_self
 
 
 @pytest.mark.parametrize("distance", ["cosine", "euclidean", "squared_euclidean"])
-@pytest.mark.parametrize("chunk_size", [7, 64, 4096])
+@pytest.mark.parametrize("chunk_size", [7, 4096])
 @pytest.mark.parametrize("exclude_self", [False, True])
-def test_matches_brute_force(distance, chunk_size, exclude_self):
+@pytest.mark.parametrize("block", [16, 4096])
+def test_matches_brute_force(monkeypatch, distance, chunk_size, exclude_self, block):
+    monkeypatch.setattr(knn, "_GALLERY_BLOCK", block)  # 16: the streamed merge path
     rng = np.random.default_rng(0)
     gallery = rng.normal(size=(120, 8)).astype(np.float32)
     query = gallery if exclude_self else rng.normal(size=(50, 8)).astype(np.float32)
@@ -137,19 +139,105 @@ def test_result_is_frozen():
         res.indices = None  # type: ignore[misc]
 
 
-def test_never_builds_more_than_chunk_rows(monkeypatch):
+def test_score_blocks_stay_bounded(monkeypatch):
     seen: list[tuple[int, int]] = []
-    original = knn._chunk_distances
+    original = knn._Space.scores
 
-    def spy(q, g, g_sq, distance):
-        out = original(q, g, g_sq, distance)
+    def spy(self, q0, q1, g0, g1):
+        out = original(self, q0, q1, g0, g1)
         seen.append(tuple(out.shape))
         return out
 
-    monkeypatch.setattr(knn, "_chunk_distances", spy)
+    monkeypatch.setattr(knn._Space, "scores", spy)
+    monkeypatch.setattr(knn, "_GALLERY_BLOCK", 8)
     x = np.random.default_rng(6).normal(size=(25, 4)).astype(np.float32)
-    knn_search(x, x, k=3, chunk_size=10)
-    assert seen == [(10, 25), (10, 25), (5, 25)]
+    knn_search(x, x, k=3, chunk_size=10, backend="torch")  # streamed: 10 x 8 blocks at most
+    assert max(r for r, _ in seen) == 10 and max(c for _, c in seen) == 8
+    seen.clear()
+    monkeypatch.setattr(knn, "_ROW_BUDGET", 50)  # full-row pass: 50 // 25 = 2 rows per block
+    knn_search(x > 0, x > 0, k=3, distance="hamming", chunk_size=10)
+    assert set(seen) == {(2, 25), (1, 25)}
+
+
+def hamming_oracle(query_bits: np.ndarray, gallery_bits: np.ndarray) -> np.ndarray:
+    """(Q, G) differing bits, by a loop."""
+    return np.array([[int((q != g).sum()) for g in gallery_bits] for q in query_bits], float)
+
+
+@pytest.mark.parametrize("backend", ["torch", "faiss"])
+@pytest.mark.parametrize("exclude_self", [False, True])
+def test_hamming_matches_brute_force_with_lowest_index_ties(backend, exclude_self):
+    rng = np.random.default_rng(7)
+    gallery = rng.integers(0, 2, size=(90, 12)).astype(bool)
+    query = gallery if exclude_self else rng.integers(0, 2, size=(30, 12)).astype(bool)
+    full = hamming_oracle(query, gallery)
+    for k in (1, 7, 40):
+        res = knn_search(
+            query, gallery, k, distance="hamming", exclude_self=exclude_self, backend=backend
+        )
+        exp_d, exp_i = oracle_knn(full, k, exclude_self)
+        np.testing.assert_array_equal(res.distances, exp_d)
+        np.testing.assert_array_equal(res.indices, exp_i)
+
+
+def test_hamming_code_formats_agree():
+    rng = np.random.default_rng(8)
+    bits = rng.integers(0, 2, size=(40, 24))
+    ref = knn_search(bits, bits, 5, distance="hamming", exclude_self=True)
+    for codes in (bits.astype(bool), 2 * bits - 1, np.packbits(bits.astype(bool), axis=1)):
+        res = knn_search(codes, codes, 5, distance="hamming", exclude_self=True)
+        np.testing.assert_array_equal(res.indices, ref.indices)
+        np.testing.assert_array_equal(res.distances, ref.distances)
+    with pytest.raises(ValueError, match="binary codes"):
+        knn_search(bits * 3, bits, 2, distance="hamming")
+
+
+def test_tied_items_beyond_the_cut_are_counted():
+    rng = np.random.default_rng(9)
+    gallery = rng.integers(0, 2, size=(60, 5)).astype(bool)
+    query = rng.integers(0, 2, size=(15, 5)).astype(bool)
+    g_labels, q_labels = rng.integers(0, 3, size=60), rng.integers(0, 3, size=15)
+    full = hamming_oracle(query, gallery)
+    for backend in ("torch", "faiss"):
+        chunks = list(
+            knn.iter_knn(
+                query,
+                gallery,
+                6,
+                "hamming",
+                backend=backend,
+                query_labels=q_labels,
+                gallery_labels=g_labels,
+                chunk_size=4,
+            )
+        )
+        tied = np.concatenate([c.tied_beyond for c in chunks])
+        rel_tied = np.concatenate([c.relevant_tied_beyond for c in chunks])
+        idx = np.concatenate([c.indices for c in chunks])
+        for i in range(15):
+            last = full[i, idx[i, -1]]
+            beyond = np.setdiff1d(np.nonzero(full[i] == last)[0], idx[i])
+            assert tied[i] == len(beyond)
+            assert rel_tied[i] == int((g_labels[beyond] == q_labels[i]).sum())
+        assert tied.sum() > 0  # the test exercises real straddling ties
+
+
+@pytest.mark.parametrize("distance", ["cosine", "inner_product", "euclidean"])
+@pytest.mark.parametrize("exclude_self", [False, True])
+def test_faiss_and_torch_give_identical_neighbours(monkeypatch, distance, exclude_self):
+    monkeypatch.setattr(knn, "_GALLERY_BLOCK", 64)  # several streamed blocks per query chunk
+    rng = np.random.default_rng(10)
+    gallery = rng.normal(size=(300, 16)).astype(np.float32)
+    query = gallery if exclude_self else rng.normal(size=(70, 16)).astype(np.float32)
+    kw = {"distance": distance, "exclude_self": exclude_self}
+    a = knn_search(query, gallery, 25, backend="torch", chunk_size=32, **kw)
+    b = knn_search(query, gallery, 25, backend="faiss", **kw)
+    np.testing.assert_array_equal(a.indices, b.indices)
+    np.testing.assert_allclose(a.distances, b.distances, rtol=1e-4, atol=1e-4)
+    q = query.astype(np.float64)
+    full = -q @ gallery.T.astype(np.float64) if distance == "inner_product" else None
+    if full is not None:
+        assert_matches_oracle(a, full, 25, exclude_self, tol=1e-4)
 
 
 @pytest.mark.parametrize(
@@ -165,6 +253,8 @@ def test_never_builds_more_than_chunk_rows(monkeypatch):
         (np.ones((2, 3)), np.ones((4, 3)), {"distance": "manhattan"}, "unknown distance"),
         (np.ones((2, 3)), np.ones((4, 3)), {"k": 0}, "k must be a positive integer"),
         (np.ones((2, 3)), np.ones((4, 3)), {"exclude_self": True}, "same set"),
+        (np.ones((2, 3)), np.ones((4, 3)), {"backend": "annoy"}, "unknown backend"),
+        (np.ones((2, 8), bool), np.ones((4, 16), bool), {"distance": "hamming"}, "code length"),
     ],
 )
 def test_invalid_input_raises_value_error(query, gallery, kwargs, message):

@@ -1,19 +1,23 @@
-"""Rank metrics, NMI and evaluate() against per-query loops, scikit-learn and PML."""
+"""Rank metrics, clustering metrics and evaluate() against per-query loops over every order
+of tied items, scikit-learn, pair loops and PML."""
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
-from sklearn.metrics import normalized_mutual_info_score
+from sklearn.metrics import adjusted_mutual_info_score, normalized_mutual_info_score
 
 from deepembed.evaluation import (
     METRIC_NAMES,
     evaluate,
     evaluator,
+    groups_from_list,
     kmeans_assign,
     map_at_r,
     nmi,
-    precision_at_k,
+    pairwise_f1,
     r_precision,
     recall_at_k,
 )
@@ -33,116 +37,189 @@ def clustered(rng, labels, spread=1.0, dim=8):
     return (centres + spread * rng.normal(size=(len(labels), dim))).astype(np.float32)
 
 
-# ---------- per-query loop oracles ----------
+# ---------- oracles: plain definitions, averaged over every order of tied items ----------
 
 
-def ranked_lists(query, gallery, leave_one_out):
-    """Per query, gallery indices by increasing cosine distance (ties by index)."""
-    q = query / np.linalg.norm(query, axis=1, keepdims=True)
-    g = gallery / np.linalg.norm(gallery, axis=1, keepdims=True)
-    lists = []
-    for i in range(len(q)):
-        d = 1.0 - g.astype(np.float64) @ q[i].astype(np.float64)
-        order = [j for j in np.argsort(d, kind="stable") if not (leave_one_out and j == i)]
-        lists.append(order)
-    return lists
+def plain_metrics(rel: list[bool], r: int, ks=(1, 2, 3, 5)) -> dict[str, float]:
+    """Every rank metric of one fully ordered relevance list, by its textbook definition."""
+    out: dict[str, float] = {}
+    hits_at = np.cumsum(rel)
+    precision_at = hits_at / np.arange(1, len(rel) + 1)
+    for k in ks:
+        top = rel[:k]
+        out[f"recall@{k}"] = float(any(top))
+        out[f"precision@{k}"] = sum(top) / len(top)
+        out[f"map@{k}"] = sum(precision_at[i] for i in range(len(top)) if top[i]) / min(k, r)
+    out["r_precision"] = sum(rel[:r]) / r
+    out["map@r"] = sum(precision_at[i] for i in range(r) if rel[i]) / r
+    out["map"] = sum(precision_at[i] for i in range(len(rel)) if rel[i]) / r
+    out["mrr"] = 1.0 / (rel.index(True) + 1)
+    return out
 
 
-def loop_metrics(query, q_labels, gallery, g_labels, leave_one_out, ks=(1, 2, 4, 8)):
-    """Straightforward per-query definitions of every rank metric."""
-    out = {f"recall@{k}": [] for k in ks} | {f"precision@{k}": [] for k in ks}
-    out |= {"r_precision": [], "map@r": []}
+def expected_metrics(dist: np.ndarray, rel: np.ndarray, ks=(1, 2, 3, 5)) -> dict[str, float]:
+    """Mean of plain_metrics over every placement of relevant items inside each tie group
+    (all equally likely under a uniformly random order of tied items)."""
+    values = np.unique(dist)
+    per_group = []
+    for v in values:
+        members = np.nonzero(dist == v)[0]
+        n, r = len(members), int(rel[members].sum())
+        per_group.append([set(c) for c in itertools.combinations(range(n), r)])
+    total: dict[str, float] = {}
+    count = 0
+    for choice in itertools.product(*per_group):
+        order = [
+            j in placed
+            for placed, v in zip(choice, values, strict=True)
+            for j in range(int((dist == v).sum()))
+        ]
+        for name, value in plain_metrics(order, int(rel.sum()), ks).items():
+            total[name] = total.get(name, 0.0) + value
+        count += 1
+    return {name: value / count for name, value in total.items()}
+
+
+def knn_vote(ordered_labels: list, label, k: int) -> float:
+    """1.0 if the majority of the first k labels is `label`; vote ties: nearest voter wins."""
+    top = ordered_labels[:k]
+    best = max(top.count(x) for x in top)
+    winner = next(x for x in top if top.count(x) == best)
+    return float(winner == label)
+
+
+def oracle(distances: np.ndarray, q_labels, g_labels, leave_one_out, ks=(1, 2, 3, 5)):
+    """Mean of every metric over queries with a relevant item, and the excluded count."""
+    sums: dict[str, list[float]] = {}
     excluded = 0
-    for i, order in enumerate(ranked_lists(query, gallery, leave_one_out)):
-        rel = [bool(g_labels[j] == q_labels[i]) for j in order]
-        r = sum(rel)
-        if r == 0:
+    for i in range(len(q_labels)):
+        keep = [j for j in range(len(g_labels)) if not (leave_one_out and j == i)]
+        dist = distances[i, keep]
+        rel = np.asarray(g_labels)[keep] == q_labels[i]
+        if not rel.any():
             excluded += 1
             continue
+        values = expected_metrics(dist, rel, ks)
+        order = np.lexsort((np.array(keep), dist))  # (distance, gallery index)
+        ordered = [g_labels[keep[j]] for j in order]
         for k in ks:
-            top = rel[:k]
-            out[f"recall@{k}"].append(float(any(top)))
-            out[f"precision@{k}"].append(sum(top) / len(top))
-        out["r_precision"].append(sum(rel[:r]) / r)
-        ap = 0.0
-        for pos in range(r):
-            if rel[pos]:
-                ap += sum(rel[: pos + 1]) / (pos + 1)
-        out["map@r"].append(ap / r)
-    return {name: float(np.mean(v)) for name, v in out.items()}, excluded
+            values[f"knn_accuracy@{k}"] = knn_vote(ordered, q_labels[i], k)
+        for name, value in values.items():
+            sums.setdefault(name, []).append(value)
+    return {name: float(np.mean(v)) for name, v in sums.items()}, excluded
 
 
-ALL_RANK = (
-    "recall@1", "recall@2", "recall@4", "recall@8",
-    "precision@1", "precision@2", "precision@4", "precision@8",
-    "r_precision", "map@r",
-)  # fmt: skip
+KS = (1, 2, 3, 5)
+ALL_RANK = tuple(
+    [f"{m}@{k}" for m in ("recall", "precision", "map", "knn_accuracy") for k in KS]
+    + ["r_precision", "map@r", "map", "mrr"]
+)
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_evaluate_leave_one_out_matches_loops(seed):
+def cosine_distances(query, gallery):
+    q = query / np.linalg.norm(query, axis=1, keepdims=True)
+    g = gallery / np.linalg.norm(gallery, axis=1, keepdims=True)
+    return 1.0 - q.astype(np.float64) @ g.T.astype(np.float64)
+
+
+def hamming_distances(query_bits, gallery_bits):
+    return (query_bits[:, None, :] != gallery_bits[None, :, :]).sum(-1).astype(float)
+
+
+def assert_all_match(got, want, names=ALL_RANK, tol=1e-9):
+    for name in names:
+        assert got[name] == pytest.approx(want[name], abs=tol), name
+
+
+# ---------- evaluate() against the oracles ----------
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_float_leave_one_out_matches_loops(seed):
     rng = np.random.default_rng(seed)
     labels = uneven_labels(rng)
     x = clustered(rng, labels)
     got = evaluate(x, labels, metrics=ALL_RANK)
-    want, excluded = loop_metrics(x, labels, x, labels, leave_one_out=True)
-    for name in ALL_RANK:
-        assert got[name] == pytest.approx(want[name], abs=1e-12), name
+    want, excluded = oracle(cosine_distances(x, x), labels, labels, leave_one_out=True)
+    assert_all_match(got, want)
     assert excluded == 1  # the singleton class
-    assert got["num_excluded_queries"] == 1
-    assert got["num_queries"] == len(labels) - 1
+    assert (got["num_queries"], got["num_queries_excluded"]) == (len(labels) - 1, 1)
+    assert got["protocol"] == "leave-one-out" and got["ties"] == "expected"
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_evaluate_query_gallery_matches_loops(seed):
-    rng = np.random.default_rng(seed)
+@pytest.mark.parametrize("backend", ["torch", "faiss"])
+def test_float_query_gallery_matches_loops(backend):
+    rng = np.random.default_rng(1)
     g_labels = uneven_labels(rng)
     q_labels = uneven_labels(rng, sizes=(2, 1, 4, 3, 2, 2, 3))  # class 63 not in gallery
-    gallery = clustered(rng, g_labels)
-    query = clustered(rng, q_labels)
-    got = evaluate(query, q_labels, gallery, g_labels, metrics=ALL_RANK)
-    want, excluded = loop_metrics(query, q_labels, gallery, g_labels, leave_one_out=False)
-    for name in ALL_RANK:
-        assert got[name] == pytest.approx(want[name], abs=1e-12), name
+    gallery, query = clustered(rng, g_labels), clustered(rng, q_labels)
+    got = evaluate(query, q_labels, gallery, g_labels, metrics=ALL_RANK, backend=backend)
+    want, excluded = oracle(cosine_distances(query, gallery), q_labels, g_labels, False)
+    assert_all_match(got, want)
     assert excluded == 3
-    assert (got["num_queries"], got["num_excluded_queries"]) == (len(q_labels) - 3, 3)
+    assert (got["num_queries"], got["num_queries_excluded"]) == (len(q_labels) - 3, 3)
+    assert got["protocol"] == "query-gallery"
 
 
-def test_metric_functions_match_loops_on_random_label_lists():
-    rng = np.random.default_rng(7)
-    n_query, k = 40, 12
-    query_labels = rng.integers(0, 4, size=n_query)
-    neighbour_labels = rng.integers(0, 4, size=(n_query, k))  # (Q, k)
-    # R: at least the hits in the list and at least 1, at most k (as a caller guarantees)
-    hits = neighbour_labels == query_labels[:, None]
-    counts = np.clip(hits.sum(1) + rng.integers(0, 3, size=n_query), 1, k)
-    for kk in (1, 3, 12, 20):
-        rec = [hits[i, :kk].any() for i in range(n_query)]
-        prec = [hits[i, :kk].sum() / min(kk, k) for i in range(n_query)]
-        assert recall_at_k(neighbour_labels, query_labels, kk) == pytest.approx(np.mean(rec))
-        assert precision_at_k(neighbour_labels, query_labels, kk) == pytest.approx(np.mean(prec))
-    rp, ap = [], []
-    for i in range(n_query):
-        r = counts[i]
-        rp.append(hits[i, :r].sum() / r)
-        ap.append(sum(hits[i, : j + 1].sum() / (j + 1) for j in range(r) if hits[i, j]) / r)
-    assert r_precision(neighbour_labels, query_labels, counts) == pytest.approx(np.mean(rp))
-    assert map_at_r(neighbour_labels, query_labels, counts) == pytest.approx(np.mean(ap))
+@pytest.mark.parametrize("leave_one_out", [True, False])
+@pytest.mark.parametrize("backend", ["torch", "faiss"])
+def test_hamming_ties_give_expected_values(leave_one_out, backend):
+    # 3-bit codes: 8 distinct codes for 14 items, distances 0..3, so nearly every rank
+    # metric cuts through a tie group; the oracle averages over every order inside groups
+    rng = np.random.default_rng(5)
+    g_labels = rng.permutation(np.repeat([0, 1, 2, 3], [2, 3, 4, 5]))
+    g_bits = rng.integers(0, 2, size=(14, 3)).astype(bool)
+    if leave_one_out:
+        q_bits, q_labels, gallery, gal_labels = g_bits, g_labels, None, None
+        full = hamming_distances(g_bits, g_bits)
+    else:
+        q_labels = np.array([0, 1, 1, 2, 3, 3, 7])  # class 7: no gallery item
+        q_bits = rng.integers(0, 2, size=(7, 3)).astype(bool)
+        gallery, gal_labels = np.packbits(g_bits, axis=1), g_labels
+        full = hamming_distances(q_bits, g_bits)
+    got = evaluate(
+        np.packbits(q_bits, axis=1) if not leave_one_out else 2 * g_bits.astype(int) - 1,
+        q_labels,
+        gallery,
+        gal_labels,
+        metrics=ALL_RANK,
+        distance="hamming",
+        backend=backend,
+        chunk_size=3,
+    )
+    want, excluded = oracle(full, q_labels, g_labels, leave_one_out)
+    assert_all_match(got, want)
+    assert got["num_queries_excluded"] == excluded == (0 if leave_one_out else 1)
+    assert got["distance"] == "hamming" and got["ties"] == "expected"
 
 
-def test_map_at_r_hand_example():
-    # R = 3, relevant at ranks 1 and 3: (1/1 + 2/3) / 3; the hit at rank 4 is beyond R
-    nl = np.array([[1, 0, 1, 1, 0]])
-    assert map_at_r(nl, np.array([1]), np.array([3])) == pytest.approx((1 + 2 / 3) / 3)
-    assert r_precision(nl, np.array([1]), np.array([3])) == pytest.approx(2 / 3)
+def test_float_ties_from_duplicate_rows_give_expected_values():
+    rng = np.random.default_rng(6)
+    base = rng.integers(-2, 3, size=(5, 3)).astype(np.float32)
+    pick = rng.integers(0, 5, size=16)
+    x = base[pick]  # (16, 3) duplicated rows: exact ties in float distances
+    labels = rng.integers(0, 3, size=16)
+    got = evaluate(x, labels, metrics=ALL_RANK, distance="squared_euclidean")
+    full = ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1).astype(float)
+    want, _ = oracle(full, labels, labels, leave_one_out=True)
+    assert_all_match(got, want)
 
 
-def test_r_metrics_reject_zero_relevant_and_short_lists():
-    nl = np.array([[1, 0], [0, 0]])
-    with pytest.raises(ValueError, match="drop queries"):
-        map_at_r(nl, np.array([1, 1]), np.array([1, 0]))
-    with pytest.raises(ValueError, match="at least max"):
-        r_precision(nl, np.array([1, 1]), np.array([1, 3]))
+def test_groups_without_ties_reduce_to_plain_ranking():
+    hits = np.array([[True, False, True, True, False]])
+    groups = groups_from_list(np.arange(5.0)[None, :], hits)
+    # R = 3, relevant at ranks 1 and 3 within R: (1/1 + 2/3) / 3
+    assert map_at_r(groups, np.array([3]))[0] == pytest.approx((1 + 2 / 3) / 3)
+    assert r_precision(groups, np.array([3]))[0] == pytest.approx(2 / 3)
+    assert recall_at_k(groups, 1)[0] == 1.0
+
+
+def test_tie_at_the_cut_uses_hypergeometric_recall():
+    # list of 2 at distance 1 (neither relevant) + 3 more tied items beyond, 1 relevant:
+    # 5 tied items, 1 relevant; Recall@2 = P(relevant among 2 of 5) = 2/5
+    groups = groups_from_list(np.ones((1, 2)), np.zeros((1, 2), bool), [3], [1])
+    assert recall_at_k(groups, 2)[0] == pytest.approx(0.4)
+    assert recall_at_k(groups, 1)[0] == pytest.approx(0.2)
 
 
 # ---------- pytorch-metric-learning as an independent implementation ----------
@@ -171,28 +248,27 @@ def test_matches_pytorch_metric_learning(leave_one_out):
     rng = np.random.default_rng(11)
     g_labels = uneven_labels(rng, sizes=(3, 5, 8, 13, 21, 4))
     gallery = _unit(clustered(rng, g_labels, spread=2.0, dim=16))
+    names = ("precision@1", "r_precision", "map@r")
     if leave_one_out:
         query, q_labels = gallery, g_labels
-        ours = evaluate(query, q_labels, metrics=("precision@1", "r_precision", "map@r"))
+        ours = evaluate(query, q_labels, metrics=names)
         pml = _pml_accuracy(query, q_labels)
     else:
         q_labels = uneven_labels(rng, sizes=(4, 4, 6, 9, 9, 5, 3))  # class 63: no gallery item
         query = _unit(clustered(rng, q_labels, spread=2.0, dim=16))
-        ours = evaluate(
-            query, q_labels, gallery, g_labels, metrics=("precision@1", "r_precision", "map@r")
-        )
+        ours = evaluate(query, q_labels, gallery, g_labels, metrics=names)
         pml = _pml_accuracy(query, q_labels, gallery, g_labels)
     assert 0.05 < ours["map@r"] < 0.95  # not a degenerate case
-    assert ours["num_excluded_queries"] == (0 if leave_one_out else 3)
+    assert ours["num_queries_excluded"] == (0 if leave_one_out else 3)
     assert ours["precision@1"] == pytest.approx(pml["precision_at_1"], abs=1e-6)
     assert ours["r_precision"] == pytest.approx(pml["r_precision"], abs=1e-6)
     assert ours["map@r"] == pytest.approx(pml["mean_average_precision_at_r"], abs=1e-6)
 
 
-# ---------- NMI ----------
+# ---------- clustering ----------
 
 
-def test_nmi_matches_sklearn_on_same_assignment():
+def test_nmi_ami_match_sklearn_on_same_assignment():
     rng = np.random.default_rng(3)
     labels = uneven_labels(rng)
     x = clustered(rng, labels, spread=1.5)
@@ -202,15 +278,39 @@ def test_nmi_matches_sklearn_on_same_assignment():
     expected = normalized_mutual_info_score(labels, clusters)
     assert nmi(x, labels, seed=5) == pytest.approx(expected, abs=1e-12)
     assert 0.0 < expected < 1.0
+    got = evaluate(x, labels, metrics=("ami", "nmi", "f1"), distance="euclidean", seed=5)
+    assert got["nmi"] == pytest.approx(expected, abs=1e-12)
+    assert got["ami"] == pytest.approx(adjusted_mutual_info_score(labels, clusters), abs=1e-12)
+    assert got["f1"] == pytest.approx(pairwise_f1(labels, clusters), abs=1e-12)
+    assert got["primary_metric"] == "ami"
 
 
-def test_nmi_is_one_on_perfectly_separated_clusters():
+def test_pairwise_f1_matches_pair_loop():
+    rng = np.random.default_rng(12)
+    for _ in range(5):
+        labels = rng.integers(0, 4, size=30)
+        clusters = rng.integers(0, 5, size=30)
+        tp = fp = fn = 0
+        for i, j in itertools.combinations(range(30), 2):
+            same_class, same_cluster = labels[i] == labels[j], clusters[i] == clusters[j]
+            tp += same_class and same_cluster
+            fp += same_cluster and not same_class
+            fn += same_class and not same_cluster
+        precision, recall = tp / (tp + fp), tp / (tp + fn)
+        expected = 2 * precision * recall / (precision + recall)
+        assert pairwise_f1(labels, clusters) == pytest.approx(expected, abs=1e-12)
+    assert pairwise_f1(np.array([0, 0, 1]), np.array([0, 1, 2])) == 0.0
+
+
+def test_clustering_is_perfect_on_separated_clusters():
     rng = np.random.default_rng(4)
     labels = uneven_labels(rng, sizes=(5, 9, 14, 20, 30))
     x = clustered(rng, labels, spread=1e-3) * 100.0
     for seed in range(3):
         assert nmi(x, labels, seed=seed) == pytest.approx(1.0)
-    assert evaluate(x, labels, metrics=("nmi",))["nmi"] == pytest.approx(1.0)
+    got = evaluate(x, labels, metrics=("nmi", "ami", "f1"))
+    assert got["nmi"] == pytest.approx(1.0) and got["ami"] == pytest.approx(1.0)
+    assert got["f1"] == pytest.approx(1.0)
 
 
 def test_kmeans_assign_rejects_too_many_clusters():
@@ -226,36 +326,53 @@ def test_evaluate_defaults_and_keys():
     labels = uneven_labels(rng)
     out = evaluate(clustered(rng, labels), labels)
     expected = ["recall@1", "recall@2", "recall@4", "recall@8", "map@r", "r_precision", "nmi"]
-    assert list(out) == [*expected, "num_queries", "num_excluded_queries", "primary_metric"]
+    info = ["protocol", "distance", "ties", "k", "num_queries", "num_queries_excluded"]
+    assert list(out) == [*expected, *info, "primary_metric"]
     assert all(isinstance(out[m], float) for m in expected)
-    assert out["primary_metric"] == "map@r"
+    assert out["primary_metric"] == "map@r" and out["k"] == 12
     assert out["recall@1"] <= out["recall@2"] <= out["recall@4"] <= out["recall@8"]
+    x = clustered(rng, labels)
+    assert evaluate(x, labels, metrics=("recall@4", "nmi"))["primary_metric"] == "recall@4"
     assert (
-        evaluate(clustered(rng, labels), labels, metrics=("recall@4", "nmi"))["primary_metric"]
-        == "recall@4"
+        evaluate(x, labels, metrics=("map@r", "mrr"), primary_metric="mrr")["primary_metric"]
+        == "mrr"
     )
+
+
+def test_labels_of_any_type():
+    rng = np.random.default_rng(13)
+    labels = uneven_labels(rng)
+    x = clustered(rng, labels)
+    names = np.array([f"class-{v}" for v in labels])
+    a = evaluate(x, labels, metrics=("map@r", "knn_accuracy@3", "nmi"))
+    b = evaluate(x, names, metrics=("map@r", "knn_accuracy@3", "nmi"))
+    assert a == b
 
 
 def test_evaluate_runs_one_search_with_largest_k(monkeypatch):
     calls = []
-    real = evaluator.knn_search
+    real = evaluator.iter_knn
 
     def spy(*args, **kwargs):
-        calls.append(args[2])
+        calls.append((args[2], kwargs["full_ranking"]))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(evaluator, "knn_search", spy)
+    monkeypatch.setattr(evaluator, "iter_knn", spy)
     rng = np.random.default_rng(9)
     labels = uneven_labels(rng)  # largest class 13 -> R <= 12 in leave-one-out
     x = clustered(rng, labels)
     evaluate(x, labels, metrics=("recall@1", "precision@5", "map@r", "r_precision"))
-    evaluate(x, labels, metrics=("recall@1", "recall@20"))
+    evaluate(x, labels, metrics=("recall@1", "recall@20", "map@3"))
+    evaluate(x, labels, metrics=("knn_accuracy@7", "map", "mrr"))
     evaluate(x, labels, metrics=("nmi",))
-    assert calls == [12, 20]
+    assert calls == [(12, False), (20, False), (7, True)]
 
 
 def test_metric_names_are_documented():
-    assert set(METRIC_NAMES) == {"recall@K", "precision@K", "r_precision", "map@r", "nmi"}
+    assert set(METRIC_NAMES) == {
+        "recall@K", "precision@K", "r_precision", "map@r", "map", "map@K", "mrr",
+        "knn_accuracy@K", "nmi", "ami", "f1",
+    }  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -272,7 +389,10 @@ def test_metric_names_are_documented():
         ({"metrics": ("recall@1", "mAP")}, "unknown metric 'mAP'"),
         ({"metrics": ("recall@0",)}, "unknown metric 'recall@0'"),
         ({"metrics": ()}, "no metrics requested"),
-        ({"distance": "hamming"}, "unknown distance"),
+        ({"distance": "manhattan"}, "unknown distance"),
+        ({"distance": "hamming"}, "binary codes"),
+        ({"backend": "annoy"}, "unknown backend"),
+        ({"primary_metric": "mrr"}, "primary_metric 'mrr' is not among"),
         ({"query_labels": np.arange(6)}, "no query has a same-class item"),
     ],
 )

@@ -16,6 +16,7 @@ from deepembed.inference import Embeddings, embed
 from deepembed.io import write_json
 from deepembed.models.embedder import Embedder
 from deepembed.training import train as train_run
+from deepembed.viz.curves import plot_recall_at_k
 
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 
@@ -68,25 +69,73 @@ def embed_command(
 
 @handle_errors
 def evaluate(
-    embeddings: Annotated[Path, typer.Argument(help="Query embeddings (.npz from `embed`).")],
+    embeddings: Annotated[
+        Path | None,
+        typer.Argument(help="Query embeddings (.npz from `embed`); or use --model + --dataset."),
+    ] = None,
     gallery: Annotated[
         Path | None,
         typer.Option(help="Gallery embeddings; omitted = leave-one-out on the query set."),
     ] = None,
+    model: Annotated[
+        Path | None, typer.Option(help="Model directory to embed --dataset with.")
+    ] = None,
+    dataset: Annotated[str, typer.Option(help="Dataset name (with --model).")] = "mnist30",
+    split: Annotated[str, typer.Option(help="Split for leave-one-out (with --model).")] = "test",
+    query_split: Annotated[
+        str, typer.Option(help="Query split for query/gallery sets such as inshop.")
+    ] = "",
+    gallery_split: Annotated[str, typer.Option(help="Gallery split (with --query-split).")] = "",
+    root: Annotated[str, typer.Option(help="Dataset root; empty = default locations.")] = "",
+    eval_per_source: Annotated[
+        int, typer.Option(help="mnist family: test images per source.")
+    ] = 5000,
     metrics: Annotated[str, typer.Option(help="Comma-separated metric names.")] = (
         "recall@1,recall@2,recall@4,recall@8,map@r,r_precision,nmi"
     ),
-    distance: Annotated[str, typer.Option(help="cosine or euclidean.")] = "cosine",
+    distance: Annotated[
+        str, typer.Option(help="cosine, inner_product, euclidean, squared_euclidean, hamming.")
+    ] = "cosine",
+    backend: Annotated[str, typer.Option(help="k-NN backend: auto, torch or faiss.")] = "auto",
     out: Annotated[
         Path | None, typer.Option(help="metrics.json path; default <run>/metrics.json")
     ] = None,
+    plot: Annotated[
+        bool, typer.Option("--plot", help="Also write recall_at_k.png beside metrics.json.")
+    ] = False,
+    quiet: Quiet = False,
 ) -> None:
-    """Recall@K, MAP@R, R-precision, NMI ... of embeddings; prints a table, writes metrics.json."""
-    query = Embeddings.load(embeddings)
-    ref = Embeddings.load(gallery) if gallery is not None else None
+    """Recall@K, MAP@R, mAP, NMI ... of embeddings (or of a model on a dataset); prints a
+    table, writes metrics.json."""
+    sources: dict[str, str] = {}
+    if model is not None:
+        if embeddings is not None or gallery is not None:
+            raise UserError("give either embeddings files or --model, not both")
+        if bool(query_split) != bool(gallery_split):
+            raise UserError("--query-split and --gallery-split go together")
+        embedder = Embedder.load(model)
+
+        def embed_split(name: str) -> Embeddings:
+            items = data.open(dataset, root, name, eval_per_source)
+            return embed(embedder, items, progress=progress_enabled(quiet))
+
+        query = embed_split(query_split or split)
+        ref = embed_split(gallery_split) if gallery_split else None
+        sources = {"model": str(model), "dataset": dataset}
+        sources |= {"query": query_split, "gallery": gallery_split} if ref else {"split": split}
+        default_dir = run_dir_of(model)
+    elif embeddings is not None:
+        query = Embeddings.load(embeddings)
+        ref = Embeddings.load(gallery) if gallery is not None else None
+        sources = {"query": str(embeddings), "gallery": str(gallery or embeddings)}
+        default_dir = run_dir_of(embeddings)
+    else:
+        raise UserError("nothing to evaluate: give an embeddings .npz or --model DIR")
     if ref is not None and len(ref) == 0:
-        raise UserError(f"empty gallery: {gallery} holds no embeddings")
+        raise UserError(f"empty gallery: {gallery or gallery_split} holds no embeddings")
     names = tuple(m.strip() for m in metrics.split(",") if m.strip())
+    if plot and not any(n.startswith("recall@") for n in names):
+        raise UserError("--plot needs recall@K metrics in --metrics")
     result = evaluate_vectors(
         query.vectors,
         query.labels,
@@ -94,13 +143,12 @@ def evaluate(
         None if ref is None else ref.labels,
         metrics=names,
         distance=distance,
+        backend=backend,
     )
-    result = {
-        **result,
-        "protocol": "leave-one-out" if ref is None else "query-gallery",
-        "query": str(embeddings),
-        "gallery": str(gallery or embeddings),
-    }
+    result = {**result, **sources}
     typer.echo(format_metrics(result))
-    path = write_json(out or run_dir_of(embeddings) / "metrics.json", result)
+    path = write_json(out or default_dir / "metrics.json", result)
     typer.echo(f"metrics -> {path}")
+    if plot:
+        png = plot_recall_at_k(result, path.parent / "recall_at_k.png")
+        typer.echo(f"Recall@K curve -> {png}")

@@ -1,4 +1,4 @@
-"""Retrieval evaluation: exact k-NN search, rank metrics (Recall@K, MAP@R, ...) and NMI.
+"""Retrieval evaluation: one exact k-NN search, tie-aware rank metrics, clustering metrics.
 
 Metric names accepted by :func:`evaluate` are documented in :data:`METRIC_NAMES`.
 """
@@ -6,28 +6,61 @@ Metric names accepted by :func:`evaluate` are documented in :data:`METRIC_NAMES`
 from __future__ import annotations
 
 from deepembed.evaluation.evaluator import DEFAULT_METRICS, METRIC_NAMES, evaluate
-from deepembed.evaluation.knn import KNN_DISTANCES, EvaluationInputError, KnnResult, knn_search
+from deepembed.evaluation.knn import (
+    KNN_BACKENDS,
+    KNN_DISTANCES,
+    EvaluationInputError,
+    KnnChunk,
+    KnnResult,
+    as_sign_bits,
+    iter_knn,
+    knn_search,
+)
 from deepembed.evaluation.metrics import (
+    CLUSTER_METRICS,
+    average_precision,
+    clustering_scores,
+    expected_hits,
     kmeans_assign,
+    knn_accuracy,
+    map_at_k,
     map_at_r,
     nmi,
+    pairwise_f1,
     precision_at_k,
     r_precision,
     recall_at_k,
+    reciprocal_rank,
 )
+from deepembed.evaluation.ties import TieGroups, groups_from_list, groups_from_rows
 
 __all__ = [
+    "CLUSTER_METRICS",
     "DEFAULT_METRICS",
+    "KNN_BACKENDS",
     "KNN_DISTANCES",
     "METRIC_NAMES",
     "EvaluationInputError",
+    "KnnChunk",
     "KnnResult",
+    "TieGroups",
+    "as_sign_bits",
+    "average_precision",
+    "clustering_scores",
     "evaluate",
+    "expected_hits",
+    "groups_from_list",
+    "groups_from_rows",
+    "iter_knn",
     "kmeans_assign",
+    "knn_accuracy",
     "knn_search",
+    "map_at_k",
     "map_at_r",
     "nmi",
+    "pairwise_f1",
     "precision_at_k",
     "r_precision",
     "recall_at_k",
+    "reciprocal_rank",
 ]

@@ -1,18 +1,41 @@
-"""Exact k-nearest-neighbour search in bounded memory (chunked torch matmul + topk)."""
+"""Exact k-nearest-neighbour search in bounded memory, shared by every rank metric.
+
+Two ways to reach the same neighbours:
+
+* ``torch``: blocks of query rows against blocks of gallery rows (BLAS matrix products);
+  a running top-(k+1) per query is merged with each block, and only block entries better than
+  the running (k+1)-th enter the merge, so most of each block is rejected by one comparison.
+* ``faiss``: ``IndexFlatIP`` / ``IndexFlatL2`` / ``IndexBinaryFlat`` search for k+1.
+
+Both then order each list by (distance, gallery index). Where the (k+1)-th distance equals the
+k-th (a tie straddles the cut) the row is recomputed against the whole gallery, in blocks of
+rows, which also counts the tied items beyond the list. Hamming distances, and the whole-
+ranking metrics (mAP, MRR), use that full-row pass for every query.
+"""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
+import faiss
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from deepembed.errors import UserError
+from deepembed.evaluation.ties import TieGroups, groups_from_rows
 
-KNN_DISTANCES = ("cosine", "euclidean", "squared_euclidean")
+KNN_DISTANCES = ("cosine", "inner_product", "euclidean", "squared_euclidean", "hamming")
+KNN_BACKENDS = ("auto", "torch", "faiss")
 
 ArrayLike = np.ndarray | torch.Tensor
+
+_ROW_BUDGET = 1 << 25  # distance entries in one full-row block (128 MB of float32)
+_GALLERY_BLOCK = 4096  # gallery rows per streamed block: a 1024 x 4096 block stays in cache
+_FAISS_BLAS_MIN = 128_000  # faiss uses BLAS only when n_queries * dim >= this
+_FAISS_BINARY_BYTES = (4, 8, 16, 20, 32, 64)  # code sizes with specialised Hamming kernels
 
 
 class EvaluationInputError(UserError, ValueError):
@@ -30,6 +53,31 @@ class KnnResult:
 
     distances: np.ndarray
     indices: np.ndarray
+
+
+@dataclass(frozen=True)
+class KnnChunk:
+    """Neighbours of query rows ``start .. start + c - 1`` and what rank metrics need on ties.
+
+    Attributes:
+        start: first query row of the chunk.
+        distances: (c, k) float32, ascending; ties ordered by gallery index.
+        indices: (c, k) int64 gallery rows.
+        tied_beyond: (c,) gallery items outside the list at the distance of its last item.
+        relevant_tied_beyond: (c,) how many of those share the query's label (0 without labels).
+        relevant_groups: tie groups of all relevant items over the whole ranking (only when
+            asked for with ``full_ranking``), else None.
+    """
+
+    start: int
+    distances: np.ndarray
+    indices: np.ndarray
+    tied_beyond: np.ndarray
+    relevant_tied_beyond: np.ndarray
+    relevant_groups: TieGroups | None = None
+
+
+# ---------- inputs ----------
 
 
 def _as_matrix(x: ArrayLike, name: str) -> torch.Tensor:
@@ -53,16 +101,106 @@ def _as_matrix(x: ArrayLike, name: str) -> torch.Tensor:
     return t
 
 
-def _chunk_distances(
-    q: torch.Tensor, g: torch.Tensor, g_sq: torch.Tensor | None, distance: str
-) -> torch.Tensor:
-    """Distances (c, G) between a query chunk q (c, D) and the prepared gallery g (G, D)."""
-    if g_sq is None:  # cosine: rows of q and g are already unit length
-        return torch.mm(q, g.T).neg_().add_(1.0)
-    # ||q||^2 - 2 q.g + ||g||^2, clamped because cancellation can go slightly negative
-    q_sq = (q * q).sum(1, keepdim=True)  # (c, 1)
-    sq = torch.addmm(g_sq[None, :], q, g.T, alpha=-2.0).add_(q_sq).clamp_min_(0.0)  # (c, G)
-    return sq.sqrt_() if distance == "euclidean" else sq
+def as_sign_bits(x: ArrayLike, name: str = "codes") -> torch.Tensor:
+    """Binary codes as a (N, bits) float32 tensor of -1/+1.
+
+    Accepts packed codes (uint8 rows from ``np.packbits``, 8 bits per byte, most significant
+    first), or one entry per bit: bool, {0, 1} or {-1, +1} values of any other dtype.
+    """
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    arr = np.asarray(x)
+    if arr.ndim != 2:
+        raise EvaluationInputError(f"{name} must be 2-D (rows, bits), got shape {arr.shape}")
+    if arr.shape[0] == 0:
+        raise EvaluationInputError(f"empty {name}: nothing to search")
+    if arr.dtype == np.uint8:
+        bits = np.unpackbits(arr, axis=1)  # (N, 8 * bytes) in {0, 1}
+    elif arr.dtype == np.bool_:
+        bits = arr
+    else:
+        values = np.unique(arr)
+        if np.isin(values, (0, 1)).all():
+            bits = arr
+        elif np.isin(values, (-1, 1)).all():
+            bits = arr > 0
+        else:
+            raise EvaluationInputError(
+                f"hamming distance needs binary codes: {name} must be packed uint8, bool, "
+                f"{{0, 1}} or {{-1, +1}}, found values such as {values[:3].tolist()}"
+            )
+    if bits.shape[1] == 0:
+        raise EvaluationInputError(f"{name} has zero-length codes")
+    return torch.from_numpy(np.where(np.asarray(bits, bool), 1.0, -1.0).astype(np.float32))
+
+
+@dataclass(frozen=True)
+class _Space:
+    """Query and gallery rows prepared so that a larger score ``q . g - bias`` means nearer.
+
+    cosine: unit rows, score = cos. inner_product: raw rows, score = dot. euclidean: score =
+    2 q.g - |g|^2 = |q|^2 - |q - g|^2. hamming: -1/+1 rows, score = bits - 2 * hamming.
+    """
+
+    query: torch.Tensor  # (Q, D)
+    gallery: torch.Tensor  # (G, D)
+    distance: str
+    bias: torch.Tensor | None = None  # (G,) |g|^2 for the euclidean distances
+    query_sq: torch.Tensor | None = None  # (Q,) |q|^2 for the euclidean distances
+
+    def scores(self, q0: int, q1: int, g0: int, g1: int) -> torch.Tensor:
+        """(q1 - q0, g1 - g0) scores of query rows q0:q1 against gallery rows g0:g1."""
+        q, g = self.query[q0:q1], self.gallery[g0:g1]
+        if self.bias is None:
+            return torch.mm(q, g.T)
+        return torch.addmm(self.bias[None, g0:g1], q, g.T, beta=-1.0, alpha=2.0)
+
+    def to_distance(self, scores: torch.Tensor, q0: int, q1: int) -> torch.Tensor:
+        """Distances of scores of query rows q0:q1 (in place; monotone decreasing)."""
+        if self.distance == "cosine":
+            return scores.neg_().add_(1.0)
+        if self.distance == "inner_product":
+            return scores.neg_()
+        if self.distance == "hamming":
+            return scores.neg_().add_(self.gallery.shape[1]).mul_(0.5)
+        # |q|^2 - score, clamped because cancellation can go slightly negative
+        sq = scores.neg_().add_(self.query_sq[q0:q1, None]).clamp_min_(0.0)  # type: ignore[index]
+        return sq.sqrt_() if self.distance == "euclidean" else sq
+
+
+def _prepare(query: ArrayLike, gallery: ArrayLike, distance: str, same: bool) -> _Space:
+    """Validate inputs and build the search space for ``distance``."""
+    if distance == "hamming":
+        q = as_sign_bits(query, "query")
+        g = q if same else as_sign_bits(gallery, "gallery")
+        if q.shape[1] != g.shape[1]:
+            raise EvaluationInputError(
+                f"code length mismatch: query has {q.shape[1]} bits, gallery has {g.shape[1]}"
+            )
+        return _Space(q, g, distance)
+    q = _as_matrix(query, "query")  # (Q, D)
+    g = q if same else _as_matrix(gallery, "gallery")  # (G, D)
+    if q.shape[1] != g.shape[1]:
+        raise EvaluationInputError(
+            f"dimension mismatch: query has {q.shape[1]} columns, gallery has {g.shape[1]}"
+        )
+    g = g.to(q.device)
+    if distance == "cosine":
+        q = F.normalize(q, dim=1)
+        g = q if same else F.normalize(g, dim=1)
+        return _Space(q, g, distance)
+    if distance == "inner_product":
+        return _Space(q, g, distance)
+    return _Space(q, g, distance, bias=(g * g).sum(1), query_sq=(q * q).sum(1))
+
+
+def _check_positive(value: int, name: str) -> int:
+    if isinstance(value, bool) or int(value) != value or value < 1:
+        raise EvaluationInputError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+# ---------- exact selection on full rows ----------
 
 
 def _lowest_index_cut(dist: torch.Tensor, kth: torch.Tensor, k: int) -> torch.Tensor:
@@ -77,14 +215,29 @@ def _lowest_index_cut(dist: torch.Tensor, kth: torch.Tensor, k: int) -> torch.Te
     return keep.nonzero()[:, 1].view(dist.shape[0], k)
 
 
+def _order(vals: torch.Tensor, cols: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of (values, columns) reordered by (value, column)."""
+    cols, by_col = cols.sort(dim=1)
+    vals = torch.gather(vals, 1, by_col)
+    vals, by_val = torch.sort(vals, dim=1, stable=True)
+    return vals, torch.gather(cols, 1, by_val)
+
+
+def _order_ties(vals: torch.Tensor, cols: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows sorted by value (c, k1) put in (value, column) order; only rows with an internal
+    tie are reordered, the rest are already in order."""
+    tied = (vals[:, 1:] == vals[:, :-1]).any(1)  # (c,)
+    if bool(tied.any()):
+        rows = tied.nonzero().squeeze(1)
+        vals[rows], cols[rows] = _order(vals[rows], cols[rows])
+    return vals, cols
+
+
 def _select_k_smallest(dist: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The k smallest entries of each row of dist (c, G), ties broken by lower column index.
 
-    ``torch.topk`` may pick any of several columns tied at the k-th value. It is asked for
-    k + 1 values: rows where the (k+1)-th equals the k-th have a tie straddling the cut and
-    are redone exactly (all columns below the k-th value plus the lowest-index tied ones).
-    The k columns are then ordered by (distance, column): sort by column, then stable-sort
-    by distance.
+    ``torch.topk`` may pick any of several columns tied at the k-th value; it is asked for
+    k + 1 values and rows where the (k+1)-th equals the k-th are cut exactly instead.
 
     Returns:
         (values, columns), both (c, k), ordered by (distance, column).
@@ -97,91 +250,323 @@ def _select_k_smallest(dist: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.
         if bool(straddle.any()):
             rows = straddle.nonzero().squeeze(1)
             cols[rows] = _lowest_index_cut(dist[rows], vals[rows, k - 1 : k], k)
-    cols = cols.sort(dim=1).values  # (c, k) ascending column
-    vals, order = torch.sort(torch.gather(dist, 1, cols), dim=1, stable=True)
-    return vals, torch.gather(cols, 1, order)
+    return _order(torch.gather(dist, 1, cols), cols)
+
+
+def _full_rows(
+    space: _Space,
+    rows: torch.Tensor,
+    k: int,
+    exclude_self: bool,
+    labels: tuple[torch.Tensor, torch.Tensor] | None,
+    full_ranking: bool,
+) -> tuple[torch.Tensor, ...]:
+    """Exact lists of the query rows ``rows`` from their whole distance rows.
+
+    Returns (distances (r, k), columns (r, k), tied_beyond (r,), relevant_tied_beyond (r,))
+    and, with ``full_ranking``, the relevant items' TieGroups as a last element.
+    """
+    n_gallery = space.gallery.shape[0]
+    q0, q1 = int(rows.min()), int(rows.max()) + 1
+    contiguous = q1 - q0 == rows.numel()
+    if contiguous:
+        dist = space.to_distance(space.scores(q0, q1, 0, n_gallery), q0, q1)  # (r, G)
+    else:  # scattered rows (straddling ties after a streamed search)
+        sub = _Space(
+            space.query[rows],
+            space.gallery,
+            space.distance,
+            space.bias,
+            None if space.query_sq is None else space.query_sq[rows],
+        )
+        dist = sub.to_distance(sub.scores(0, rows.numel(), 0, n_gallery), 0, rows.numel())
+    rel = None
+    if labels is not None:
+        rel = labels[1][None, :] == labels[0][rows][:, None]  # (r, G) same label
+    if exclude_self:
+        dist[torch.arange(rows.numel()), rows] = float("inf")
+        if rel is not None:
+            rel[torch.arange(rows.numel()), rows] = False
+    vals, cols = _select_k_smallest(dist, k)
+    at_last = dist == vals[:, -1:]  # (r, G) items at the list's last distance
+    in_list_at_last = vals == vals[:, -1:]  # (r, k)
+    tied = at_last.sum(1) - in_list_at_last.sum(1)
+    rel_tied = torch.zeros_like(tied)
+    groups = None
+    if rel is not None:
+        rel_listed = torch.gather(rel, 1, cols) & in_list_at_last
+        rel_tied = (at_last & rel).sum(1) - rel_listed.sum(1)
+        if full_ranking:
+            groups = groups_from_rows(dist, rel)
+    out: tuple = (vals, cols, tied, rel_tied)
+    return (*out, groups) if full_ranking else out
+
+
+# ---------- streamed top-(k+1) candidates ----------
+
+
+def _merge(
+    vals: torch.Tensor, cols: torch.Tensor, block: torch.Tensor, g0: int, k1: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Merge a block of scores (c, b) into the running best (c, k1) scores and columns."""
+    better = block > vals[:, -1:]  # (c, b) beats the running k1-th; most entries do not
+    rows, bcols = better.nonzero(as_tuple=True)
+    if rows.numel() == 0:
+        return vals, cols
+    counts = torch.bincount(rows, minlength=block.shape[0])  # (c,)
+    width = int(counts.max())
+    # pack each row's candidates left-aligned into (c, width), padded with -inf
+    pos = torch.arange(rows.numel(), device=block.device) - (counts.cumsum(0) - counts)[rows]
+    cand_v = torch.full((block.shape[0], width), -math.inf, device=block.device)
+    cand_c = torch.zeros((block.shape[0], width), dtype=torch.int64, device=block.device)
+    cand_v[rows, pos] = block[rows, bcols]
+    cand_c[rows, pos] = bcols + g0
+    vals, pick = torch.topk(torch.cat([vals, cand_v], 1), k1, dim=1)
+    return vals, torch.gather(torch.cat([cols, cand_c], 1), 1, pick)
+
+
+def _stream_candidates(
+    space: _Space, q0: int, q1: int, k1: int, exclude_self: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Best k1 scores (c, k1) and gallery columns of query rows q0:q1, gallery in blocks."""
+    n_gallery = space.gallery.shape[0]
+    vals = cols = None
+    for g0 in range(0, n_gallery, _GALLERY_BLOCK):
+        g1 = min(g0 + _GALLERY_BLOCK, n_gallery)
+        block = space.scores(q0, q1, g0, g1)  # (c, b)
+        if exclude_self and g0 < q1 and q0 < g1:  # this block holds some queries themselves
+            own = torch.arange(max(q0, g0), min(q1, g1), device=block.device)
+            block[own - q0, own - g0] = -math.inf
+        if vals is None or vals.shape[1] < k1:
+            prev_v = block[:, :0] if vals is None else vals
+            prev_c = torch.zeros_like(prev_v, dtype=torch.int64) if cols is None else cols
+            both_v = torch.cat([prev_v, block], 1)
+            both_c = torch.cat(
+                [prev_c, torch.arange(g0, g1, device=block.device).expand(block.shape[0], -1)], 1
+            )
+            vals, pick = torch.topk(both_v, min(k1, both_v.shape[1]), dim=1)
+            cols = torch.gather(both_c, 1, pick)
+        else:
+            vals, cols = _merge(vals, cols, block, g0, k1)
+    return vals, cols  # type: ignore[return-value]
+
+
+def _faiss_candidates(
+    space: _Space, q0: int, q1: int, k1: int, exclude_self: bool, index: faiss.Index
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Best k1 distances (c, k1) and columns of query rows q0:q1 from a faiss index."""
+    want = k1 + 1 if exclude_self else k1
+    q = space.query[q0:q1].cpu().numpy()
+    if space.distance == "hamming":
+        q = _pack_for_faiss(q)
+    dist, cols = index.search(np.ascontiguousarray(q), want)  # (c, want) each
+    dist_t = torch.from_numpy(np.asarray(dist, dtype=np.float32))
+    cols_t = torch.from_numpy(cols.astype(np.int64))
+    if exclude_self:  # drop the query itself, or the last column where it was not returned
+        own = torch.arange(q0, q1)[:, None]
+        is_own = cols_t == own
+        drop = torch.where(is_own.any(1), is_own.int().argmax(1), torch.full_like(own[:, 0], k1))
+        keep = torch.ones_like(is_own)
+        keep[torch.arange(q1 - q0), drop] = False
+        dist_t = dist_t[keep].view(q1 - q0, k1)
+        cols_t = cols_t[keep].view(q1 - q0, k1)
+    if space.distance == "cosine":
+        dist_t = dist_t.neg_().add_(1.0)
+    elif space.distance == "inner_product":
+        dist_t = dist_t.neg_()
+    elif space.distance == "euclidean":
+        dist_t = dist_t.clamp_min_(0.0).sqrt_()
+    elif space.distance == "squared_euclidean":
+        dist_t = dist_t.clamp_min_(0.0)
+    return dist_t.to(space.query.device), cols_t.to(space.query.device)
+
+
+def _pack_for_faiss(signs: np.ndarray) -> np.ndarray:
+    """-1/+1 rows (N, bits) as packed uint8 codes, zero-padded to a specialised code size."""
+    packed = np.packbits(signs > 0, axis=1)  # (N, ceil(bits / 8))
+    size = next((s for s in _FAISS_BINARY_BYTES if s >= packed.shape[1]), None)
+    size = size or -(-packed.shape[1] // 8) * 8
+    return np.pad(packed, ((0, 0), (0, size - packed.shape[1])))
+
+
+def _faiss_index(space: _Space) -> faiss.Index:
+    """A flat faiss index over the gallery in the space's distance."""
+    g = space.gallery.cpu().numpy()
+    if space.distance == "hamming":
+        codes = _pack_for_faiss(g)
+        index = faiss.IndexBinaryFlat(codes.shape[1] * 8)
+        index.add(codes)
+        return index
+    if space.distance in ("cosine", "inner_product"):
+        index = faiss.IndexFlatIP(g.shape[1])
+    else:
+        index = faiss.IndexFlatL2(g.shape[1])
+    index.add(np.ascontiguousarray(g))
+    return index
+
+
+def _resolve_backend(backend: str, space: _Space, full_ranking: bool) -> str:
+    """The backend that will run for ``backend`` (see :func:`iter_knn`)."""
+    if backend not in KNN_BACKENDS:
+        raise EvaluationInputError(
+            f"unknown backend {backend!r}; expected one of {', '.join(KNN_BACKENDS)}"
+        )
+    if backend == "faiss" and space.query.device.type != "cpu":
+        raise EvaluationInputError("backend 'faiss' searches on the CPU; pass CPU inputs")
+    if full_ranking:  # needs whole distance rows, which faiss does not expose
+        return "torch"
+    if space.distance == "hamming":
+        return "torch" if backend == "auto" else backend
+    if backend == "auto":
+        # measured (bench/evaluation.py): faiss wins on small galleries, the streamed torch
+        # search with early rejection once the gallery spans several blocks; GPUs use torch
+        big = space.gallery.shape[0] >= 4 * _GALLERY_BLOCK
+        return "torch" if big or space.query.device.type != "cpu" else "faiss"
+    return backend
+
+
+# ---------- the search ----------
 
 
 @torch.no_grad()
+def iter_knn(
+    query: ArrayLike,
+    gallery: ArrayLike | None,
+    k: int,
+    distance: str = "cosine",
+    exclude_self: bool = False,
+    chunk_size: int = 1024,
+    backend: str = "auto",
+    query_labels: np.ndarray | None = None,
+    gallery_labels: np.ndarray | None = None,
+    full_ranking: bool = False,
+) -> Iterator[KnnChunk]:
+    """Exact k nearest gallery rows, yielded chunk by chunk of query rows.
+
+    Memory stays bounded: at most ``chunk_size x 4096`` scores while streaming, and about
+    32M distances (128 MB) per block of rows in the full-row pass; the (Q, G) matrix is never
+    built. Runs on the device of ``query`` if it is a torch tensor, else on CPU, in float32.
+    Ties are broken by lower gallery index, including which tied item makes the cut; the tied
+    items left beyond the cut are counted (``tied_beyond``).
+
+    Args:
+        query: (Q, D) float rows, or binary codes for ``distance="hamming"`` (see
+            :func:`as_sign_bits`).
+        gallery: (G, D) rows, or None to search the query set itself.
+        k: neighbours wanted per query; clipped to G (G - 1 with ``exclude_self``).
+        distance: "cosine" (1 - cos), "inner_product" (minus the dot product), "euclidean",
+            "squared_euclidean" or "hamming" (differing bits).
+        exclude_self: query and gallery are the same set (leave-one-out); query row i never
+            gets gallery row i. Requires Q == G.
+        chunk_size: query rows per chunk (faiss gets at least 128000 / D rows, its BLAS
+            threshold).
+        backend: "torch", "faiss" or "auto" (faiss for float data on CPU with a gallery of
+            under 16384 rows, else torch). Hamming distances and ``full_ranking`` use the
+            exact full-row pass of torch (with "faiss", Hamming lists come from faiss and
+            rows with a tie at the cut are redone by that pass).
+        query_labels, gallery_labels: int labels (Q,), (G,): enable ``relevant_tied_beyond``
+            and ``full_ranking``.
+        full_ranking: also return the tie groups of every relevant item over the whole
+            ranking (needs labels).
+
+    Raises:
+        ValueError: empty or non-2-D input, dimension mismatch, non-finite values, unknown
+            distance or backend, or non-positive ``k``/``chunk_size``.
+    """
+    if distance not in KNN_DISTANCES:
+        raise EvaluationInputError(
+            f"unknown distance {distance!r}; expected one of {', '.join(KNN_DISTANCES)}"
+        )
+    k = _check_positive(k, "k")
+    chunk_size = _check_positive(chunk_size, "chunk_size")
+    space = _prepare(query, query if gallery is None else gallery, distance, gallery is None)
+    n_query, n_gallery = space.query.shape[0], space.gallery.shape[0]
+    if exclude_self and n_query != n_gallery:
+        raise EvaluationInputError(
+            f"exclude_self needs query and gallery to be the same set, got {n_query} query "
+            f"rows and {n_gallery} gallery rows"
+        )
+    if full_ranking and query_labels is None:
+        raise EvaluationInputError("full_ranking needs query_labels and gallery_labels")
+    device = space.query.device
+    labels = None
+    if query_labels is not None:
+        g_lab = query_labels if gallery_labels is None else gallery_labels
+        labels = (
+            torch.as_tensor(np.asarray(query_labels, np.int64), device=device),
+            torch.as_tensor(np.asarray(g_lab, np.int64), device=device),
+        )
+    k = min(k, n_gallery - 1 if exclude_self else n_gallery)
+    used = _resolve_backend(backend, space, full_ranking)
+    exact_rows = used == "torch" and (distance == "hamming" or full_ranking)
+    if k == 0:  # leave-one-out on a single row: no candidates at all
+        none = np.zeros((n_query, 0))
+        zeros = np.zeros(n_query, np.int64)
+        yield KnnChunk(0, none.astype(np.float32), none.astype(np.int64), zeros, zeros)
+        return
+
+    row_block = max(1, min(chunk_size, _ROW_BUDGET // n_gallery))
+    step = row_block if exact_rows else chunk_size
+    index = None
+    if used == "faiss":
+        index = _faiss_index(space)
+        # few large searches: faiss parallelises within one call; output bounded by budget
+        step = max(chunk_size, -(-_FAISS_BLAS_MIN // space.query.shape[1]), _ROW_BUDGET // 2 // k)
+    k1 = min(k + 1, n_gallery - 1 if exclude_self else n_gallery)  # one more exposes a tie
+    for q0 in range(0, n_query, step):
+        q1 = min(q0 + step, n_query)
+        rows = torch.arange(q0, q1, device=device)
+        if exact_rows:
+            yield _chunk(q0, _full_rows(space, rows, k, exclude_self, labels, full_ranking))
+            continue
+        if index is not None:
+            dist, cols = _faiss_candidates(space, q0, q1, k1, exclude_self, index)
+        else:
+            scores, cols = _stream_candidates(space, q0, q1, k1, exclude_self)
+            dist = space.to_distance(scores, q0, q1)
+        dist, cols = _order_ties(dist, cols)  # ascending already (topk sorted)
+        straddle = (dist[:, k] == dist[:, k - 1]) if k1 > k else torch.zeros_like(rows, dtype=bool)
+        dist, cols = dist[:, :k].contiguous(), cols[:, :k].contiguous()
+        tied = torch.zeros(q1 - q0, dtype=torch.int64, device=device)
+        rel_tied = tied.clone()
+        redo = straddle.nonzero().squeeze(1)
+        for r0 in range(0, redo.numel(), row_block):  # exact pass for straddling ties only
+            part = redo[r0 : r0 + row_block]
+            v, c, t, rt = _full_rows(space, part + q0, k, exclude_self, labels, False)
+            dist[part], cols[part], tied[part], rel_tied[part] = v, c, t, rt
+        yield _chunk(q0, (dist, cols, tied, rel_tied))
+
+
+def _chunk(start: int, parts: tuple) -> KnnChunk:
+    """A KnnChunk from (distances, columns, tied, relevant tied[, groups]) tensors."""
+    dist, cols, tied, rel_tied = (p.cpu().numpy() for p in parts[:4])
+    groups = parts[4] if len(parts) > 4 else None
+    return KnnChunk(
+        start,
+        dist.astype(np.float32),
+        cols.astype(np.int64),
+        tied.astype(np.int64),
+        rel_tied.astype(np.int64),
+        groups,
+    )
+
+
 def knn_search(
     query: ArrayLike,
     gallery: ArrayLike,
     k: int,
     distance: str = "cosine",
     exclude_self: bool = False,
-    chunk_size: int = 4096,
+    chunk_size: int = 1024,
+    backend: str = "auto",
 ) -> KnnResult:
-    """Exact k nearest gallery rows for every query row.
-
-    Queries are processed ``chunk_size`` rows at a time, so peak memory is about
-    ``chunk_size x G`` distances; the full (Q, G) matrix is never built. Computation runs on
-    the device of ``query`` if it is a torch tensor, else on CPU, in float32.
-
-    Ties are broken deterministically: among equal distances the lower gallery index comes
-    first, including at the k-th position (which tied item makes the cut).
-
-    Args:
-        query: (Q, D) float array or tensor.
-        gallery: (G, D) float array or tensor.
-        k: neighbours wanted per query; clipped to G (G - 1 with ``exclude_self``).
-        distance: "cosine" (1 - dot product of L2-normalised rows), "euclidean" (L2) or
-            "squared_euclidean".
-        exclude_self: query and gallery are the same set (leave-one-out); row i of the
-            query never gets gallery row i as a neighbour. Requires Q == G.
-        chunk_size: number of query rows per distance block.
+    """Exact k nearest gallery rows for every query row, nearest first (see :func:`iter_knn`).
 
     Returns:
-        KnnResult with (Q, k) float32 distances and int64 indices, nearest first.
-
-    Raises:
-        ValueError: empty or non-2-D input, dimension mismatch, non-finite values,
-            unknown distance, or non-positive ``k``/``chunk_size``.
+        KnnResult with (Q, k) float32 distances and int64 indices, ties by lower index.
     """
-    if distance not in KNN_DISTANCES:
-        raise EvaluationInputError(
-            f"unknown distance {distance!r}; expected one of {', '.join(KNN_DISTANCES)}"
-        )
-    if isinstance(k, bool) or int(k) != k or k < 1:
-        raise EvaluationInputError(f"k must be a positive integer, got {k!r}")
-    if isinstance(chunk_size, bool) or int(chunk_size) != chunk_size or chunk_size < 1:
-        raise EvaluationInputError(f"chunk_size must be a positive integer, got {chunk_size!r}")
-    q_all = _as_matrix(query, "query")  # (Q, D)
-    g = _as_matrix(gallery, "gallery")  # (G, D)
-    if q_all.shape[1] != g.shape[1]:
-        raise EvaluationInputError(
-            f"dimension mismatch: query has {q_all.shape[1]} columns, gallery has {g.shape[1]}"
-        )
-    n_query, n_gallery = q_all.shape[0], g.shape[0]
-    if exclude_self and n_query != n_gallery:
-        raise EvaluationInputError(
-            f"exclude_self needs query and gallery to be the same set, got {n_query} query "
-            f"rows and {n_gallery} gallery rows"
-        )
-    g = g.to(q_all.device)
-    k = min(int(k), n_gallery - 1 if exclude_self else n_gallery)
-    if k == 0:  # leave-one-out on a single row: no candidates at all
-        return KnnResult(
-            distances=np.zeros((n_query, 0), dtype=np.float32),
-            indices=np.zeros((n_query, 0), dtype=np.int64),
-        )
-
-    if distance == "cosine":
-        g = F.normalize(g, dim=1)
-        g_sq = None
-    else:
-        g_sq = (g * g).sum(1)  # (G,)
-
-    out_dist = np.empty((n_query, k), dtype=np.float32)
-    out_idx = np.empty((n_query, k), dtype=np.int64)
-    for start in range(0, n_query, int(chunk_size)):
-        q = q_all[start : start + int(chunk_size)]  # (c, D)
-        if distance == "cosine":
-            q = F.normalize(q, dim=1)
-        dist = _chunk_distances(q, g, g_sq, distance)  # (c, G)
-        if exclude_self:
-            rows = torch.arange(q.shape[0], device=dist.device)
-            dist[rows, rows + start] = float("inf")
-        vals, cols = _select_k_smallest(dist, k)  # (c, k) each
-        out_dist[start : start + q.shape[0]] = vals.cpu().numpy()
-        out_idx[start : start + q.shape[0]] = cols.cpu().numpy()
-    return KnnResult(distances=out_dist, indices=out_idx)
+    chunks = list(iter_knn(query, gallery, k, distance, exclude_self, chunk_size, backend=backend))
+    return KnnResult(
+        distances=np.concatenate([c.distances for c in chunks]),
+        indices=np.concatenate([c.indices for c in chunks]),
+    )
