@@ -27,6 +27,9 @@ class DataConfig:
     eval_per_source: int = 5000  # mnist30: seeded sample of unseen-class images per source
     train_per_class: int = 0  # 0 = every training image; >0 caps each class (quick runs)
     augment: bool = True
+    transform: str = "small"  # small (grey/small images) | imagenet224 (the literature's)
+    on_error: str = "fail"  # unreadable image files: fail | skip (with a summary)
+    scan: bool = False  # header-check every image file when the dataset opens
     num_workers: int = 0
     val_classes: float = 0.0  # fraction of training classes held out to choose the checkpoint
 
@@ -37,6 +40,8 @@ class SamplerConfig:
 
     classes_per_batch: int = 32
     images_per_class: int = 8
+    small_classes: str = "repeat"  # classes with < K images: repeat (draw again) | drop
+    super_classes_per_batch: int = 0  # > 0: draw a batch's classes within this many super-classes
 
 
 @dataclass

@@ -46,7 +46,8 @@ class Callback:
 
 
 class EvaluateCallback(Callback):
-    """Embed `dataset` and evaluate it (leave-one-out) every `every` epochs and at the end.
+    """Embed `dataset` and evaluate it (leave-one-out, or against `gallery`) every `every`
+    epochs and at the end.
 
     The metrics land in `state.record[key]` (e.g. "val"), so the history shows the curve.
     """
@@ -60,8 +61,9 @@ class EvaluateCallback(Callback):
         batch_size: int = 1024,
         every: int = 1,
         progress: bool = True,
+        gallery: Dataset | None = None,
     ) -> None:
-        self.dataset, self.key, self.metrics = dataset, key, metrics
+        self.dataset, self.gallery, self.key, self.metrics = dataset, gallery, key, metrics
         self.distance, self.batch_size, self.every = distance, batch_size, every
         self.progress = progress
 
@@ -71,9 +73,17 @@ class EvaluateCallback(Callback):
     def on_epoch_end(self, state: TrainState) -> None:
         if not self.due(state):
             return
-        vectors = embed(state.model, self.dataset, self.batch_size, progress=self.progress)
+        query = embed(state.model, self.dataset, self.batch_size, progress=self.progress)
+        gallery = None
+        if self.gallery is not None:
+            gallery = embed(state.model, self.gallery, self.batch_size, progress=self.progress)
         result = evaluate(
-            vectors.vectors, vectors.labels, metrics=self.metrics, distance=self.distance
+            query.vectors,
+            query.labels,
+            None if gallery is None else gallery.vectors,
+            None if gallery is None else gallery.labels,
+            metrics=self.metrics,
+            distance=self.distance,
         )
         state.record[self.key] = result
         if self.progress:

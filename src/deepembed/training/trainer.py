@@ -19,8 +19,8 @@ from tqdm.auto import tqdm
 
 from deepembed import data, losses, miners
 from deepembed.config import RunConfig, save_config
-from deepembed.data.datasets import TensorImageDataset, collate
-from deepembed.data.transforms import train_augmentation
+from deepembed.data.datasets import collate
+from deepembed.data.transforms import PRESETS, batch_augmentation
 from deepembed.errors import ConfigError
 from deepembed.evaluation import evaluate
 from deepembed.inference import Embeddings, embed
@@ -62,8 +62,10 @@ def seed_everything(seed: int) -> None:
 
 
 def build_model(config: RunConfig, image_shape: tuple[int, int, int]) -> Embedder:
-    """The Embedder a config describes, for images of shape (C, H, W)."""
+    """The Embedder a config describes, for images of shape (C, H, W); it normalises its
+    inputs with the transform preset's mean/std, so a saved model needs no data pipeline."""
     c, h, w = image_shape
+    preset = PRESETS[config.data.transform]
     spec = EmbedderSpec(
         backbone=config.model.backbone,
         backbone_params=dict(config.model.backbone_params),
@@ -71,8 +73,8 @@ def build_model(config: RunConfig, image_shape: tuple[int, int, int]) -> Embedde
         normalize=config.model.normalize,
         in_channels=c,
         image_size=[h, w],
-        mean=[0.5] * c,
-        std=[0.5] * c,
+        mean=list(preset.mean) if c == 3 else [preset.mean[0]] * c,
+        std=list(preset.std) if c == 3 else [preset.std[0]] * c,
     )
     return Embedder(spec)
 
@@ -93,7 +95,7 @@ def make_scheduler(
     raise ConfigError(f"optim.schedule: unknown schedule {schedule!r}; known: cosine, constant")
 
 
-def cap_per_class(dataset: TensorImageDataset, per_class: int, seed: int) -> TensorImageDataset:
+def cap_per_class(dataset: data.Dataset, per_class: int, seed: int) -> data.Dataset:
     """At most `per_class` images of each class (seeded choice); 0 keeps everything."""
     if per_class <= 0:
         return dataset
@@ -105,30 +107,89 @@ def cap_per_class(dataset: TensorImageDataset, per_class: int, seed: int) -> Ten
     return dataset.subset(np.sort(np.concatenate(keep)))
 
 
-def open_splits(
-    config: RunConfig,
-) -> tuple[TensorImageDataset, TensorImageDataset | None, TensorImageDataset]:
-    """(train, validation or None, test) datasets of a run config.
+@dataclass
+class Splits:
+    """The datasets of a run: train, validation (or None), and the test query/gallery sets."""
 
-    The validation classes are carved from the training classes (data.val_classes > 0), so
-    checkpoints and hyper-parameters are chosen without ever looking at the test classes.
-    """
+    train: data.Dataset
+    val: data.Dataset | None
+    query: data.Dataset
+    gallery: data.Dataset | None  # None: leave-one-out on `query`
+
+
+def open_split(config: RunConfig, split: str, train: bool = False) -> data.Dataset:
+    """One split of the configured dataset, with the training or evaluation transform."""
     d = config.data
-    train_set = data.open(d.name, d.root, "train", d.eval_per_source, config.train.seed)
-    test_set = data.open(d.name, d.root, "test", d.eval_per_source, config.train.seed)
+    return data.open(
+        d.name,
+        d.root,
+        split,
+        d.eval_per_source,
+        config.train.seed,
+        transform=d.transform,
+        augment=train,
+        on_error=d.on_error,
+        scan=d.scan,
+    )
+
+
+def open_splits(config: RunConfig) -> Splits:
+    """The run's datasets. Validation classes are carved from the training classes
+    (data.val_classes > 0), so checkpoints are chosen without ever seeing the test classes."""
+    d = config.data
+    train_set = open_split(config, "train", train=True)
     val_set = None
     if d.val_classes > 0:
         train_set, val_set = data.validation_split(train_set, d.val_classes, config.train.seed)
-    return cap_per_class(train_set, d.train_per_class, config.train.seed), val_set, test_set
+        if isinstance(val_set, data.ImageFileDataset):  # evaluate without augmentation
+            val_set = val_set.with_transform(data.build_transforms(d.transform, train=False))
+    query_split, gallery_split = data.eval_splits(d.name)
+    query = open_split(config, query_split)
+    gallery = open_split(config, gallery_split) if gallery_split else None
+    return Splits(
+        cap_per_class(train_set, d.train_per_class, config.train.seed), val_set, query, gallery
+    )
 
 
-def evaluate_embeddings(embeddings: Embeddings, config: RunConfig) -> dict[str, Any]:
-    """The configured metrics, leave-one-out on the embedded test set."""
+def evaluate_embeddings(
+    query: Embeddings, gallery: Embeddings | None, config: RunConfig
+) -> dict[str, Any]:
+    """The configured metrics: query vs gallery, or leave-one-out on the query set."""
     return evaluate(
-        embeddings.vectors,
-        embeddings.labels,
+        query.vectors,
+        query.labels,
+        None if gallery is None else gallery.vectors,
+        None if gallery is None else gallery.labels,
         metrics=tuple(config.eval.metrics),
         distance=config.eval.distance,
+    )
+
+
+def make_sampler(config: RunConfig, train_set: data.Dataset) -> data.PKSampler:
+    """P x K batches over the training set (within super-classes when configured)."""
+    s = config.sampler
+    if s.super_classes_per_batch > 0:
+        super_labels = getattr(train_set, "super_labels", None)
+        if super_labels is None:
+            raise ConfigError(
+                f"sampler.super_classes_per_batch needs super-class labels; "
+                f"dataset {config.data.name!r} has none"
+            )
+        return data.HierarchicalPKSampler(
+            train_set.labels,
+            super_labels,
+            s.classes_per_batch,
+            s.images_per_class,
+            s.super_classes_per_batch,
+            config.train.seed,
+            s.small_classes,
+        )
+    return data.PKSampler(
+        train_set.labels,
+        s.classes_per_batch,
+        s.images_per_class,
+        config.train.seed,
+        s.small_classes,
     )
 
 
@@ -179,23 +240,19 @@ def train(config: RunConfig, progress: bool = True) -> TrainResult:
         torch.set_num_threads(config.train.threads)
     device = resolve_device(config.train.device)
 
-    train_set, val_set, test_set = open_splits(config)
+    splits = open_splits(config)
+    train_set, val_set = splits.train, splits.val
     model = build_model(config, train_set.image_shape).to(device)
     # dataset labels -> contiguous class indices 0..C-1 (class-parameter losses index by them)
     class_index = torch.as_tensor(np.unique(train_set.labels), device=device)
     loss_fn, miner = build_objective(config, len(class_index), config.model.embedding_dim)
     loss_fn = loss_fn.to(device)
     optimizer = make_optimizer(config, model, loss_fn)
-    sampler = data.PKSampler(
-        train_set.labels,
-        config.sampler.classes_per_batch,
-        config.sampler.images_per_class,
-        config.train.seed,
-    )
+    sampler = make_sampler(config, train_set)
     loader = DataLoader(
         train_set, batch_sampler=sampler, collate_fn=collate, num_workers=config.data.num_workers
     )
-    augment = train_augmentation(config.data.augment).to(device)
+    augment = batch_augmentation(config.data.transform, config.data.augment).to(device)
     use_amp = config.train.amp and device.type == "cuda"
     steps_per_epoch = (
         len(sampler) if config.train.max_steps <= 0 else min(len(sampler), config.train.max_steps)
@@ -210,13 +267,14 @@ def train(config: RunConfig, progress: bool = True) -> TrainResult:
     )
     callbacks: list[Callback] = [
         EvaluateCallback(
-            val_set if val_set is not None else test_set,
+            val_set if val_set is not None else splits.query,
             monitor_key,
             metric_names,
             config.eval.distance,
             config.eval.batch_size,
             config.train.eval_every,
             progress,
+            gallery=None if val_set is not None else splits.gallery,
         ),
         checkpoint,
     ]
@@ -270,9 +328,13 @@ def train(config: RunConfig, progress: bool = True) -> TrainResult:
     # the kept checkpoint (best on validation, or the last epoch) is what gets tested
     model_dir = run_dir / "model"
     kept = Embedder.load(model_dir, device)
-    test_embeddings = embed(kept, test_set, config.eval.batch_size, progress=progress)
-    test_embeddings.save(run_dir / "embeddings" / "test.npz")
-    metrics = evaluate_embeddings(test_embeddings, config)
+    query = embed(kept, splits.query, config.eval.batch_size, progress=progress)
+    query.save(run_dir / "embeddings" / "test.npz")
+    gallery = None
+    if splits.gallery is not None:
+        gallery = embed(kept, splits.gallery, config.eval.batch_size, progress=progress)
+        gallery.save(run_dir / "embeddings" / "gallery.npz")
+    metrics = evaluate_embeddings(query, gallery, config)
     summary = {
         **metrics,
         "dataset": config.data.name,
