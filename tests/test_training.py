@@ -102,6 +102,12 @@ def test_checkpoint_is_chosen_on_validation_classes(tmp_path: Path) -> None:
     assert np.allclose(saved.vectors, embed(model, test_set, progress=False).vectors, atol=1e-5)
 
 
+def test_selection_metric_must_be_evaluated(tmp_path: Path) -> None:
+    config = tiny_config(tmp_path, "data.val_classes=0.2", "train.select=recall@100")
+    with pytest.raises(ConfigError, match=r"train\.select"):
+        train(config, progress=False)
+
+
 def test_validation_split_is_seeded_and_class_disjoint() -> None:
     train_set = data.open("mnist30", "", "train", 150, 0)
     a_train, a_val = data.validation_split(train_set, 0.2, seed=1)

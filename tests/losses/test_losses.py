@@ -97,7 +97,7 @@ def test_triplet_all_triplets_matches_pml_default(batch: str, margin: float) -> 
 def test_triplet_all_triplets_matches_pml_per_distance(batch: str, distance: str) -> None:
     emb, labels = make_batch(BATCHES[batch], seed=5)
     margin = 2.0 if distance == "squared_euclidean" else 0.5  # scale of the distance
-    ours = TripletMarginLoss(margin=margin, distance=distance, anchor_block=5)
+    ours = TripletMarginLoss(margin=margin, distance=distance)
     theirs = pml_losses.TripletMarginLoss(margin=margin, distance=RAW_DISTANCES[distance]())
     assert_same(lambda e: ours(e, labels), lambda e: theirs(e, labels), emb)
 
@@ -180,12 +180,15 @@ def reference_triplet_loss(
     return positive.mean() if len(positive) else emb.sum() * 0.0
 
 
-@pytest.mark.parametrize("anchor_block", [1, 7, 64])
+@pytest.mark.parametrize(
+    "sizes", [(3, 5, 8, 1, 9, 6, 4, 4), (2, 2, 2, 2, 2), (30, 1, 2), (1, 1, 1, 6)]
+)
 @pytest.mark.parametrize("distance", list(RAW_DISTANCES))
-def test_triplet_all_triplets_matches_brute_force(distance: str, anchor_block: int) -> None:
-    emb, labels = make_batch((3, 5, 8, 1, 9, 6, 4, 4), seed=9)  # B = 40
+def test_triplet_all_triplets_matches_brute_force(distance: str, sizes: tuple[int, ...]) -> None:
+    """Uneven classes: anchors have 0 to 29 positives (the sorted-threshold padding)."""
+    emb, labels = make_batch(sizes, seed=9)
     margin = 2.0 if distance == "squared_euclidean" else 0.5
-    loss = TripletMarginLoss(margin=margin, distance=distance, anchor_block=anchor_block)
+    loss = TripletMarginLoss(margin=margin, distance=distance)
     assert_same(
         lambda e: loss(e, labels),
         lambda e: reference_triplet_loss(e, labels, margin, distance),

@@ -51,7 +51,7 @@ class TripletFamilyLoss(MetricLoss):
         if isinstance(mined, Pairs):
             raise TypeError(f"{self.name} takes Triplets, not Pairs")
         dist = pairwise_distance(embeddings, kind=self.distance)  # (B, B)
-        if mined is None:
+        if mined is None or mined.is_all:  # batch_all: the O(B^2)-memory all-triplet path
             return self.all_triplets(dist, labels)
         if len(mined) == 0:
             return self.zero(embeddings)
@@ -72,53 +72,89 @@ class TripletMarginLoss(TripletFamilyLoss):
     """max(0, d(a, p) - d(a, n) + margin) (Schroff et al. 2015), averaged over the
     triplets with a positive loss (pytorch-metric-learning's AvgNonZeroReducer).
 
-    Without mined triplets it uses every valid triplet of the batch, anchor block by anchor
-    block (`anchor_block` anchors at a time) and without forming the (B, B, B) loss tensor, so
-    memory stays O(B^2), backward included.
+    Without mined triplets (or with batch_all's) it uses every valid triplet of the batch
+    without forming a (B, B, B) tensor: O(B^2 log K) time, O(B^2) memory, backward included.
     """
 
     name = "triplet"
 
-    def __init__(
-        self, margin: float = 0.05, distance: str = "euclidean", anchor_block: int = 64
-    ) -> None:
+    def __init__(self, margin: float = 0.05, distance: str = "euclidean") -> None:
         super().__init__(distance)
-        self.margin, self.anchor_block = margin, anchor_block
+        self.margin = margin
 
     def mined_loss(self, x: torch.Tensor) -> torch.Tensor:
         losses = torch.relu(x + self.margin)
         return mean_nonzero(losses.sum(), (losses > 0).sum(), x)
 
     def all_triplets(self, dist: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Mean positive loss over every valid triplet, in O(B^2 log B) time, O(B^2) memory.
-
-        Triplet (a, p, n) is active iff d_an < d_ap + margin, so for each (a, p) the active
-        negatives are the k_ap nearest negatives of a: k_ap comes from a sorted search, and
-        the pair's summed loss is k_ap (d_ap + margin) - (sum of those k_ap distances), a
-        prefix sum. Nothing of size B^3 is formed, neither forward nor in autograd.
+        """Mean positive loss over every valid triplet, never forming a (B, B, B) tensor:
+        O(B^2 log K) time and O(B^2) memory with K the largest class (see `_HingeTripletSum`).
         """
         pos, neg = label_masks(labels)
-        total = dist.new_zeros(())
-        count = torch.zeros((), dtype=torch.long, device=dist.device)
-        blocks = zip(*(t.split(self.anchor_block) for t in (dist, pos, neg)), strict=True)
-        for d, is_pos, is_neg in blocks:  # (b, B) each
-            # each anchor's negative distances ascending; non-negatives sort last as +inf
-            neg_sorted = d.masked_fill(~is_neg, float("inf")).sort(1).values
-            threshold = d + self.margin
-            with torch.no_grad():
-                k = torch.searchsorted(neg_sorted, threshold, side="left")  # d_an < threshold
-                k = k.masked_fill(~is_pos, 0)  # (b, B): active negatives per (a, p)
-            zeros = neg_sorted.new_zeros(len(neg_sorted), 1)
-            prefix = torch.cat([zeros, neg_sorted.cumsum(1)], 1)  # finite up to each row's k
-            total = total + (k.to(d.dtype) * threshold - prefix.gather(1, k)).sum()
-            count = count + k.sum()
+        total, count = _HingeTripletSum.apply(dist, pos, neg, self.margin)
         if int(count) == 0:
             return self.zero(dist)
         return total / count
 
 
+class _HingeTripletSum(torch.autograd.Function):
+    """(sum over every valid triplet of relu(d_ap + margin - d_an), number of active ones).
+
+    Per anchor, its positives' thresholds t_p = d_ap + margin are sorted (S = most positives
+    of any anchor, padded with -inf). Negative n is active with exactly the positives whose
+    t_p > d_an, the top cnt_n of the sorted thresholds, found by a sorted search: its summed
+    loss is (suffix sum of those thresholds) - cnt_n d_an. The gradient is counts:
+    dL/dd_an = -cnt_n and dL/dd_ap = the number of negatives below t_p (a histogram of the
+    search positions, cumulated). Time O(B^2 log S), memory O(B^2); the gradient w.r.t. the
+    (B, B) distances is built in the forward pass and saved.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: FunctionCtx, dist: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, margin: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        slots = max(1, int(pos.sum(1).max()))
+        # (B, S) each anchor's positive distances, largest first, -inf padding; then ascending
+        top, col = dist.masked_fill(~pos, float("-inf")).topk(slots, dim=1)
+        thresholds = (top + margin).flip(1)  # (B, S) ascending
+        col = col.flip(1)
+        real = thresholds > float("-inf")
+        # (B, S + 1) suffix sums of the real thresholds; suffix[:, S] = 0
+        zero = thresholds.new_zeros(len(dist), 1)
+        suffix = torch.cat([thresholds.where(real, 0.0).flip(1).cumsum(1).flip(1), zero], 1)
+        # (B, B) for each negative: thresholds <= d_an come first; the rest are active
+        start = torch.searchsorted(thresholds, dist.contiguous(), right=True)
+        start = start.masked_fill(~neg, slots)  # non-negatives: nothing active
+        cnt = slots - start  # (B, B) active positives per negative
+        d_neg = dist.where(neg, 0.0)
+        total = (suffix.gather(1, start) - cnt * d_neg).sum()
+        count = cnt.sum()
+        grad = None
+        if ctx.needs_input_grad[0]:  # type: ignore[attr-defined]
+            grad = -cnt.to(dist.dtype)  # dL/dd_an
+            # negatives per search position, cumulated: slot j is active with every negative
+            # whose start <= j
+            hist = torch.zeros_like(suffix).scatter_add_(
+                1, start, d_neg.new_ones(()).expand_as(d_neg)
+            )
+            per_slot = hist.cumsum(1)[:, :slots]  # (B, S)
+            grad.scatter_add_(1, col, per_slot.where(real, 0.0))  # dL/dd_ap
+        ctx.save_for_backward(grad)
+        ctx.mark_non_differentiable(count)
+        return total, count
+
+    @staticmethod
+    @once_differentiable
+    def backward(
+        ctx: Any, grad_total: torch.Tensor, _grad_count: torch.Tensor | None
+    ) -> tuple[torch.Tensor | None, ...]:
+        (grad,) = ctx.saved_tensors
+        return grad_total * grad, None, None, None
+
+
 class _AllTripletSum(torch.autograd.Function):
-    """sum over every valid triplet (a, p, n) of f(d_ap - d_an), given the (B, B) distances.
+    """sum over every valid triplet (a, p, n) of f(d_ap - d_an), given the (B, B) distances,
+    and the number of triplets with f > 0 (not differentiable).
 
     Chunked over anchor-positive pairs, `block` at a time: a chunk is a (block, B) slab
     x[(a, p), n] = d_ap - d_an, with d_an = +inf where n is not a negative of a, so f needs
@@ -142,21 +178,38 @@ class _AllTripletSum(torch.autograd.Function):
         far = dist.masked_fill(~neg, float("inf"))  # (B, B): only negatives stay finite
         grad = torch.zeros_like(dist) if ctx.needs_input_grad[0] else None  # type: ignore[attr-defined]
         total = dist.new_zeros(())
+        active = torch.zeros((), dtype=torch.long, device=dist.device)
         for a, p in zip(anchor.split(block), positive.split(block), strict=True):
             x = dist[a, p][:, None] - far[a]  # (c, B): d_ap - d_an, -inf off the negatives
             value, slope = terms(x)
             total += value.sum()
+            active += (value > 0).sum()
             if grad is not None:
                 grad[a, p] = slope.sum(1)  # each (a, p) is in one chunk only
                 grad.index_add_(0, a, slope, alpha=-1.0)  # repeated anchors accumulate
         ctx.save_for_backward(grad)
-        return total
+        ctx.mark_non_differentiable(active)
+        return total, active
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: Any, grad_total: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+    def backward(
+        ctx: Any, grad_total: torch.Tensor, _grad_active: torch.Tensor | None
+    ) -> tuple[torch.Tensor | None, ...]:
         (grad,) = ctx.saved_tensors
         return grad_total * grad, None, None, None, None
+
+
+def all_triplet_sum(
+    dist: torch.Tensor,
+    pos: torch.Tensor,
+    neg: torch.Tensor,
+    terms: TripletTerms,
+    pair_block: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of f over every valid triplet, number of triplets with f > 0); see _AllTripletSum."""
+    block = pair_block or max(1, PAIR_ELEMENTS // len(dist))
+    return _AllTripletSum.apply(dist, pos, neg, terms, block)
 
 
 class SmoothTripletLoss(TripletFamilyLoss):
@@ -185,8 +238,8 @@ class SmoothTripletLoss(TripletFamilyLoss):
         count = int((pos.sum(1) * neg.sum(1)).sum())  # valid triplets
         if count == 0:
             return self.zero(dist)
-        block = self.pair_block or max(1, PAIR_ELEMENTS // len(dist))
-        return _AllTripletSum.apply(dist, pos, neg, self.terms, block) / count
+        total, _ = all_triplet_sum(dist, pos, neg, self.terms, self.pair_block)
+        return total / count
 
 
 @LOSSES.register("soft_margin_triplet")

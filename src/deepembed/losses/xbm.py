@@ -1,3 +1,150 @@
 """Cross-batch memory (XBM): a queue of past embeddings for any pair-based loss."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+
+import torch
+
+from deepembed.distances import pairwise_similarity
+from deepembed.losses.base import ClassLoss, MetricLoss
+from deepembed.losses.functional import masked_log1p_sum_exp
+from deepembed.losses.pair import MultiSimilarityLoss
+from deepembed.miners.base import MaskMiner, Miner, Pairs, Triplets
+
+# loss(embeddings (B, D), ref_emb (M, D), pos (B, M), neg (B, M)) -> scalar
+ReferenceForm = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _multi_similarity_pairs(
+    loss: MultiSimilarityLoss,
+    embeddings: torch.Tensor,
+    ref_emb: torch.Tensor,
+    pos: torch.Tensor,
+    neg: torch.Tensor,
+) -> torch.Tensor:
+    """MultiSimilarityLoss of anchors against references.
+
+    TODO(lead): move into MultiSimilarityLoss as its `pair_loss` method (and have its
+    `compute` call it with ref_emb = embeddings), then delete this adapter.
+    """
+    sim = pairwise_similarity(embeddings, ref_emb)  # (B, M)
+    pos_loss = masked_log1p_sum_exp(-loss.alpha * (sim - loss.base), pos) / loss.alpha
+    neg_loss = masked_log1p_sum_exp(loss.beta * (sim - loss.base), neg) / loss.beta
+    return (pos_loss + neg_loss).mean()
+
+
+def reference_form(loss: MetricLoss) -> ReferenceForm:
+    """The loss as a function of anchors, references and (B, M) pair masks.
+
+    A pair loss offers it as a method `pair_loss(embeddings, ref_emb, pos, neg)`: its value on
+    the (anchor i, reference j) pairs with pos[i, j] (same class) or neg[i, j] (different),
+    reduced as the loss itself reduces. Losses without one cannot use a memory.
+    """
+    method = getattr(loss, "pair_loss", None)
+    if callable(method):
+        return method
+    if isinstance(loss, MultiSimilarityLoss):
+        return partial(_multi_similarity_pairs, loss)
+    raise TypeError(
+        f"cross-batch memory needs a pair loss with a pair_loss(embeddings, ref_emb, pos, neg) "
+        f"method; {type(loss).__name__} has none"
+    )
+
+
+class CrossBatchMemory(MetricLoss):
+    """Cross-batch memory (Wang et al. 2020): the loss of each batch against a queue of the
+    last `memory_size` embeddings, as in pytorch-metric-learning's CrossBatchMemory.
+
+    Each call first enqueues the batch (detached, oldest rows overwritten first), then
+    computes the wrapped pair loss with the batch as anchors and the whole queue, the batch's
+    own copy included, as references (B x M pairs); an anchor is never paired with its own
+    copy. Gradients flow through the anchors only: the queue is detached. The official XBM
+    code instead adds the plain in-batch loss to a weighted memory loss; PML's single loss
+    already contains the in-batch pairs (against the detached copies).
+
+    `miner`, if given, must be a `MaskMiner` returning Pairs; it mines the (B, M) pairs. Unlike
+    PML, which removes the anchor-to-itself pairs after mining, the self pairs are excluded
+    before mining: the same choice for any anchor that has another positive in the queue.
+    The queue is not part of the state dict: a resumed run refills it within M / B steps.
+    """
+
+    def __init__(
+        self,
+        loss: MetricLoss,
+        embedding_size: int,
+        memory_size: int = 1024,
+        miner: Miner | None = None,
+    ) -> None:
+        super().__init__()
+        if isinstance(loss, ClassLoss):
+            raise TypeError(f"cross-batch memory needs a pair loss, not {type(loss).__name__}")
+        self._reference_loss = reference_form(loss)
+        if miner is not None and not isinstance(miner, MaskMiner):
+            raise TypeError(
+                f"cross-batch memory needs a miner that can mine against references "
+                f"(a MaskMiner), not {type(miner).__name__}"
+            )
+        if embedding_size < 1 or memory_size < 1:
+            raise ValueError(
+                f"embedding_size and memory_size must be >= 1, got {embedding_size}, {memory_size}"
+            )
+        self.loss, self.miner = loss, miner
+        self.embedding_size, self.memory_size = embedding_size, memory_size
+        self.register_buffer(
+            "embedding_memory", torch.zeros(memory_size, embedding_size), persistent=False
+        )
+        self.register_buffer(
+            "label_memory", torch.zeros(memory_size, dtype=torch.long), persistent=False
+        )
+        self.queue_idx, self.filled = 0, False
+
+    def reset_queue(self) -> None:
+        """Empty the memory."""
+        self.queue_idx, self.filled = 0, False
+
+    def compute(
+        self, embeddings: torch.Tensor, labels: torch.Tensor, mined: Pairs | Triplets | None
+    ) -> torch.Tensor:
+        if mined is not None:
+            raise TypeError(
+                f"cross-batch memory mines itself (give the miner to CrossBatchMemory), "
+                f"got {type(mined).__name__}"
+            )
+        batch, dim = embeddings.shape
+        if dim != self.embedding_size:
+            raise ValueError(
+                f"embeddings have dim {dim}, the memory was built for "
+                f"embedding_size={self.embedding_size}"
+            )
+        if batch > self.memory_size:
+            raise ValueError(f"batch of {batch} exceeds memory_size={self.memory_size}")
+        slots = self._enqueue(embeddings.detach(), labels)  # (B,) queue rows of this batch
+        size = self.memory_size if self.filled else self.queue_idx
+        ref_emb, ref_labels = self.embedding_memory[:size], self.label_memory[:size]
+        pos = labels[:, None] == ref_labels[None, :]  # (B, M)
+        neg = ~pos
+        pos[torch.arange(batch, device=pos.device), slots] = False  # not its own positive
+        if self.miner is not None:
+            with torch.no_grad():
+                pairs = self.miner.mine_against(embeddings.detach(), ref_emb, pos, neg)
+            if not isinstance(pairs, Pairs):
+                raise TypeError(f"cross-batch memory takes Pairs, not {type(pairs).__name__}")
+            pos, neg = pairs.masks(batch, size)
+        return self._reference_loss(embeddings, ref_emb, pos, neg)
+
+    def _enqueue(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Write the batch over the oldest rows; return the (B,) rows it went to."""
+        memory = self.embedding_memory
+        if memory.device != embeddings.device or memory.dtype != embeddings.dtype:
+            self.embedding_memory = memory.to(embeddings.device, embeddings.dtype)
+            self.label_memory = self.label_memory.to(embeddings.device)
+        slots = torch.arange(len(embeddings), device=embeddings.device)
+        slots = (slots + self.queue_idx) % self.memory_size
+        self.embedding_memory[slots] = embeddings
+        self.label_memory[slots] = labels.long()
+        end = self.queue_idx + len(embeddings)
+        self.filled = self.filled or end >= self.memory_size
+        self.queue_idx = end % self.memory_size
+        return slots

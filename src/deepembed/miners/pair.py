@@ -5,11 +5,11 @@ from __future__ import annotations
 import torch
 
 from deepembed.distances import pairwise_similarity
-from deepembed.miners.base import MINERS, Miner, Pairs, label_masks
+from deepembed.miners.base import MINERS, MaskMiner, Pairs
 
 
 @MINERS.register("multi_similarity")
-class MultiSimilarityMiner(Miner):
+class MultiSimilarityMiner(MaskMiner):
     """Multi-similarity pair mining (Wang et al. 2019), on cosine similarity.
 
     Keeps negative pairs more similar than the anchor's least similar positive minus
@@ -20,16 +20,17 @@ class MultiSimilarityMiner(Miner):
         super().__init__()
         self.epsilon = epsilon
 
-    def mine(self, embeddings: torch.Tensor, labels: torch.Tensor) -> Pairs:
-        sim = pairwise_similarity(embeddings)  # (B, B)
-        pos, neg = label_masks(labels)
+    def mine_against(
+        self,
+        embeddings: torch.Tensor,
+        ref_emb: torch.Tensor,
+        pos: torch.Tensor,
+        neg: torch.Tensor,
+    ) -> Pairs:
+        sim = pairwise_similarity(embeddings, ref_emb)  # (B, M)
         inf = torch.finfo(sim.dtype).max
-        hardest_pos = sim.masked_fill(~pos, inf).amin(
-            1, keepdim=True
-        )  # (B, 1) least similar positive
-        hardest_neg = sim.masked_fill(~neg, -inf).amax(
-            1, keepdim=True
-        )  # (B, 1) most similar negative
+        hardest_pos = sim.masked_fill(~pos, inf).amin(1, keepdim=True)  # (B, 1) least similar
+        hardest_neg = sim.masked_fill(~neg, -inf).amax(1, keepdim=True)  # (B, 1) most similar
         keep_neg = neg & (sim + self.epsilon > hardest_pos)
         keep_pos = pos & (sim - self.epsilon < hardest_neg)
         return Pairs.from_masks(keep_pos, keep_neg)

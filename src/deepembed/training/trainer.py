@@ -26,6 +26,7 @@ from deepembed.evaluation import evaluate
 from deepembed.inference import Embeddings, embed
 from deepembed.io import write_json
 from deepembed.losses import MetricLoss
+from deepembed.losses.xbm import CrossBatchMemory
 from deepembed.miners import Miner
 from deepembed.models.embedder import Embedder, EmbedderSpec
 from deepembed.training.callbacks import BestCheckpoint, Callback, EvaluateCallback, TrainState
@@ -211,8 +212,6 @@ def build_objective(
     loss_fn = losses.create(config.loss.name, **params)
     miner = miners.create(config.miner.name, **config.miner.params) if config.miner.name else None
     if config.loss.memory_size > 0:
-        from deepembed.losses.xbm import CrossBatchMemory  # TODO(lead): top-level once xbm lands
-
         loss_fn = CrossBatchMemory(loss_fn, embedding_size, config.loss.memory_size, miner)
         miner = None
     return loss_fn, miner
@@ -232,6 +231,11 @@ def train(config: RunConfig, progress: bool = True) -> TrainResult:
     """Train, select the checkpoint, evaluate on the test classes; all lands in config.run_dir."""
     if config.train.epochs < 1:
         raise ConfigError(f"train.epochs must be >= 1, got {config.train.epochs}")
+    if config.data.val_classes > 0 and config.train.select not in config.eval.metrics:
+        raise ConfigError(
+            f"train.select={config.train.select!r} must be one of eval.metrics "
+            f"({', '.join(config.eval.metrics)})"
+        )
     run_dir = config.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, run_dir / "config.yaml")
