@@ -71,13 +71,16 @@ def test_xbm_training_runs(tmp_path: Path) -> None:
 
 
 def test_checkpoint_is_chosen_on_validation_classes(tmp_path: Path) -> None:
-    config = tiny_config(tmp_path, "data.val_classes=0.2", "train.epochs=3")
+    config = tiny_config(
+        tmp_path, "data.val_classes=0.2", "data.val_per_class=60", "train.epochs=3"
+    )
     splits = open_splits(config)
     train_set, val_set, test_set = splits.train, splits.val, splits.query
     assert splits.gallery is None  # mnist30: leave-one-out
     train_classes, val_classes = set(train_set.labels), set(val_set.labels)
     test_classes = set(test_set.labels)
     assert len(val_classes) == 3 and len(train_classes) == 12  # 20% of 15 training classes
+    assert len(val_set) == 3 * 60
     assert not (train_classes & val_classes) and not (val_classes | train_classes) & test_classes
 
     result = train(config, progress=False)

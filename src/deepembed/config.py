@@ -32,6 +32,7 @@ class DataConfig:
     scan: bool = False  # header-check every image file when the dataset opens
     num_workers: int = 0
     val_classes: float = 0.0  # fraction of training classes held out to choose the checkpoint
+    val_per_class: int = 0  # >0 caps each validation class (cheaper per-epoch evaluation)
 
 
 @dataclass

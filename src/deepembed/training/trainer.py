@@ -144,6 +144,7 @@ def open_splits(config: RunConfig) -> Splits:
         train_set, val_set = data.validation_split(train_set, d.val_classes, config.train.seed)
         if isinstance(val_set, data.ImageFileDataset):  # evaluate without augmentation
             val_set = val_set.with_transform(data.build_transforms(d.transform, train=False))
+        val_set = cap_per_class(val_set, d.val_per_class, config.train.seed)
     query_split, gallery_split = data.eval_splits(d.name)
     query = open_split(config, query_split)
     gallery = open_split(config, gallery_split) if gallery_split else None
