@@ -2,19 +2,38 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
+import torch.nn.functional as F
 from pytorch_metric_learning import losses as pml_losses
 from pytorch_metric_learning import miners as pml_miners
 
 from deepembed.losses.base import MetricLoss
-from deepembed.losses.pair import MultiSimilarityLoss
+from deepembed.losses.listwise import (
+    GeneralizedLiftedStructureLoss,
+    LiftedStructureLoss,
+    NCALoss,
+    NPairLoss,
+    RankedListLoss,
+)
+from deepembed.losses.pair import (
+    BinomialDevianceLoss,
+    CircleLoss,
+    ContrastiveLoss,
+    MarginLoss,
+    MultiSimilarityLoss,
+)
+from deepembed.losses.proxy import ProxyAnchorLoss
 from deepembed.losses.triplet import TripletMarginLoss
 from deepembed.losses.xbm import CrossBatchMemory
 from deepembed.miners import Miner, Pairs, Triplets
 from deepembed.miners.pair import MultiSimilarityMiner
 from deepembed.miners.triplet import BatchHardMiner
 from tests.losses.oracle import assert_same
+from tests.losses.test_listwise_losses import paper_lifted_structure
+from tests.losses.test_pair_losses import reference_binomial
 
 DIM = 8
 
@@ -66,6 +85,198 @@ def test_multi_similarity_memory_matches_pml(
     assert ours.filled and theirs.has_been_filled and ours.queue_idx == theirs.queue_idx > 0
     torch.testing.assert_close(ours.embedding_memory, theirs.embedding_memory)
     assert torch.equal(ours.label_memory, theirs.label_memory)
+
+
+# name -> (ours, PML's) on L2-normalised embeddings (PML's default distances normalise)
+MATCHING_PML: dict[str, Callable[[], tuple[MetricLoss, torch.nn.Module]]] = {
+    "contrastive": lambda: (
+        ContrastiveLoss(0.2, 0.9),
+        pml_losses.ContrastiveLoss(0.2, 0.9),
+    ),
+    "circle": lambda: (CircleLoss(0.25, 64.0), pml_losses.CircleLoss(0.25, 64.0)),
+    "generalized_lifted_structure": lambda: (
+        GeneralizedLiftedStructureLoss(0.6, 0.2),
+        pml_losses.GeneralizedLiftedStructureLoss(0.6, 0.2),
+    ),
+}
+WRAP = [((3, 3, 3, 3), 30), ((2, 3, 5), 25)]  # the queue wraps around mid-batch
+
+
+def normalised(loss: Callable[..., torch.Tensor], labels: torch.Tensor) -> Callable:
+    return lambda e: loss(F.normalize(e, dim=1), labels)
+
+
+def run_steps(ours: CrossBatchMemory, theirs: torch.nn.Module, sizes: tuple[int, ...]) -> None:
+    """Seven consecutive batches through both memories: value and gradient at every step."""
+    for emb, labels in batches(7, sizes, seed=6):
+        assert_same(normalised(ours, labels), normalised(theirs, labels), emb)
+    assert ours.filled and ours.queue_idx > 0
+
+
+@pytest.mark.parametrize("with_miner", [False, True], ids=["all_pairs", "ms_miner"])
+@pytest.mark.parametrize("name", list(MATCHING_PML))
+@pytest.mark.parametrize(("sizes", "memory"), WRAP, ids=["pk", "uneven"])
+def test_pair_losses_memory_matches_pml(
+    sizes: tuple[int, ...], memory: int, name: str, with_miner: bool
+) -> None:
+    loss, pml_loss = MATCHING_PML[name]()
+    miner = MultiSimilarityMiner(0.3) if with_miner else None
+    pml_miner = pml_miners.MultiSimilarityMiner(0.3) if with_miner else None
+    ours = CrossBatchMemory(loss, DIM, memory, miner)
+    theirs = pml_losses.CrossBatchMemory(pml_loss, DIM, memory, pml_miner)
+    run_steps(ours, theirs, sizes)
+
+
+# f(embeddings, labels, (a1, p, a2, n) with p, n indexing the memory, memory, memory labels)
+PairFunction = Callable[..., torch.Tensor]
+
+
+class QueueOracle(pml_losses.CrossBatchMemory):
+    """PML's queue, pairs and self-pair removal around any function of them."""
+
+    def __init__(self, fn: PairFunction, memory: int, miner: object = None) -> None:
+        super().__init__(fn, DIM, memory, miner)
+
+    @classmethod
+    def check_loss_support(cls, loss_name: str) -> None:
+        pass
+
+
+def joined(fn: PairFunction) -> PairFunction:
+    """fn on anchors and memory as one set, the pairs re-indexed into it: a square-batch
+    oracle (PML's or a loop) sees exactly the (anchor, memory row) pairs."""
+
+    def call(emb, labels, indices, mem, mem_labels):
+        a1, p, a2, n = indices
+        both = torch.cat([emb, mem])
+        return fn(both, torch.cat([labels, mem_labels]), (a1, p + len(emb), a2, n + len(emb)))
+
+    return call
+
+
+@pytest.mark.parametrize("with_miner", [False, True], ids=["all_pairs", "ms_miner"])
+@pytest.mark.parametrize("params", [{}, {"neg_margin": 0.6, "pos_margin": 0.2}])
+@pytest.mark.parametrize(("sizes", "memory"), WRAP, ids=["pk", "uneven"])
+def test_lifted_structure_memory_is_one_sided(
+    sizes: tuple[int, ...], memory: int, params: dict[str, float], with_miner: bool
+) -> None:
+    """J_ij holds the anchor's negatives only (the memory lists none for its rows): PML's
+    lifted structure and the paper's loops on the joined set, where no pair starts at a
+    memory row, give exactly that."""
+    miner = MultiSimilarityMiner(0.3) if with_miner else None
+    pml_miner = pml_miners.MultiSimilarityMiner(0.3) if with_miner else None
+    ours = CrossBatchMemory(LiftedStructureLoss(**params), DIM, memory, miner)
+    theirs = QueueOracle(joined(pml_losses.LiftedStructureLoss(**params)), memory, pml_miner)
+    run_steps(ours, theirs, sizes)
+    if with_miner:  # the loops are slow; PML above covered the mined pairs
+        return
+    loops = QueueOracle(
+        joined(
+            lambda e, y, t: paper_lifted_structure(
+                e,
+                y,
+                params.get("neg_margin", 1.0),
+                "euclidean",
+                params.get("pos_margin", 0.0),
+                Pairs(*t),
+            )
+        ),
+        memory,
+        pml_miner,
+    )
+    ours.reset_queue()
+    run_steps(ours, loops, sizes)
+
+
+@pytest.mark.parametrize("with_miner", [False, True], ids=["all_pairs", "ms_miner"])
+@pytest.mark.parametrize(("sizes", "memory"), WRAP, ids=["pk", "uneven"])
+def test_binomial_deviance_memory_matches_loop(
+    sizes: tuple[int, ...], memory: int, with_miner: bool
+) -> None:
+    """PML has no binomial deviance: the paper's pair loop over the (anchor, memory) pairs."""
+    miner = MultiSimilarityMiner(0.3) if with_miner else None
+    pml_miner = pml_miners.MultiSimilarityMiner(0.3) if with_miner else None
+
+    def loop(emb: torch.Tensor, labels: torch.Tensor, t: tuple[torch.Tensor, ...]):
+        pairs = list(zip(t[0].tolist(), t[1].tolist(), strict=True))
+        pairs += zip(t[2].tolist(), t[3].tolist(), strict=True)
+        return reference_binomial(emb, labels, pairs, 3.0, 0.4, 10.0)
+
+    ours = CrossBatchMemory(BinomialDevianceLoss(3.0, 0.4, 10.0), DIM, memory, miner)
+    run_steps(ours, QueueOracle(joined(loop), memory, pml_miner), sizes)
+
+
+def loop_nca(
+    emb: torch.Tensor,
+    labels: torch.Tensor,
+    indices: tuple[torch.Tensor, ...],
+    mem: torch.Tensor,
+    mem_labels: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:
+    """NCA anchor by anchor, the softmax over the anchor's listed memory rows."""
+    a1, p, a2, n = indices
+    total, count = emb.sum() * 0.0, 0
+    for i in range(len(emb)):
+        positives, negatives = p[a1 == i].tolist(), n[a2 == i].tolist()
+        logits = torch.stack(
+            [-scale * (emb[i] - mem[j]).pow(2).sum() for j in positives + negatives]
+        )
+        prob = torch.softmax(logits, 0)[: len(positives)].sum()
+        if prob > 0:
+            total, count = total - torch.log(prob), count + 1
+    return total / count
+
+
+@pytest.mark.parametrize("scale", [1.0, 4.0])
+@pytest.mark.parametrize(("sizes", "memory"), WRAP, ids=["pk", "uneven"])
+def test_nca_memory_leaves_own_copy_out_unlike_pml(
+    sizes: tuple[int, ...], memory: int, scale: float
+) -> None:
+    """Ours: softmax over the memory less the anchor's own copy (loops). PML's NCALoss gets
+    the memory as references and ignores the pairs, so its own copy (distance 0) stays in
+    the softmax as a positive: our pair_loss with that copy in `pos` is PML's value."""
+    ours = CrossBatchMemory(NCALoss(scale), DIM, memory)
+    loops = QueueOracle(lambda *args: loop_nca(*args, scale), memory)
+    run_steps(ours, loops, sizes)
+
+    def with_self(emb, labels, indices, mem, mem_labels):
+        pos = labels[:, None] == mem_labels[None, :]
+        return NCALoss(scale).pair_loss(emb, mem, pos, ~pos)
+
+    pml = pml_losses.CrossBatchMemory(pml_losses.NCALoss(scale), DIM, memory)
+    with_self_queue = QueueOracle(with_self, memory)
+    for emb, labels in batches(7, sizes, seed=6):
+        assert_same(normalised(with_self_queue, labels), normalised(pml, labels), emb)
+    emb, labels = batches(1, sizes, seed=7)[0]
+    ours_value = ours(F.normalize(emb, dim=1), labels)
+    assert not torch.allclose(ours_value, pml(F.normalize(emb, dim=1), labels))
+
+
+FIRST_BATCH: dict[str, Callable[[], MetricLoss]] = {
+    "multi_similarity": MultiSimilarityLoss,
+    "contrastive": lambda: ContrastiveLoss(0.2, 0.9),
+    "binomial_deviance": BinomialDevianceLoss,
+    "circle": CircleLoss,
+    "generalized_lifted_structure": GeneralizedLiftedStructureLoss,
+    "nca": NCALoss,
+}
+
+
+@pytest.mark.parametrize("name", [*FIRST_BATCH, "lifted_structure"])
+def test_first_batch_with_batch_sized_memory_is_the_plain_loss(name: str) -> None:
+    """A fresh queue of the batch's size holds only the batch: the same pairs as the plain
+    loss, so the same value (the gradient differs: references are detached). Not for lifted
+    structure, whose memory form drops the positives' negatives (J_ij smaller)."""
+    emb, labels = batches(1, (4, 3, 5), seed=8)[0]
+    emb = F.normalize(emb, dim=1)
+    make = FIRST_BATCH.get(name, LiftedStructureLoss)
+    value = CrossBatchMemory(make(), DIM, memory_size=len(labels))(emb, labels)
+    plain = make()(emb, labels)
+    if name == "lifted_structure":
+        assert 0 < value < plain
+    else:
+        torch.testing.assert_close(value, plain)
 
 
 def test_memory_is_a_fifo_of_detached_embeddings() -> None:
@@ -150,9 +361,17 @@ class PlainMiner(Miner):
         raise AssertionError("not called")
 
 
+@pytest.mark.parametrize(
+    "loss",
+    [TripletMarginLoss(), MarginLoss(), NPairLoss(), RankedListLoss(), ProxyAnchorLoss(3, DIM)],
+    ids=type,
+)
+def test_losses_without_pair_form_are_refused(loss: MetricLoss) -> None:
+    with pytest.raises(TypeError, match=type(loss).__name__):
+        CrossBatchMemory(loss, DIM)
+
+
 def test_rejects_what_it_cannot_use() -> None:
-    with pytest.raises(TypeError, match="TripletMarginLoss"):
-        CrossBatchMemory(TripletMarginLoss(), DIM)
     with pytest.raises(TypeError, match="PlainMiner"):
         CrossBatchMemory(MultiSimilarityLoss(), DIM, miner=PlainMiner())
     with pytest.raises(ValueError, match="memory_size"):

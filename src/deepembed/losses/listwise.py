@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from deepembed.distances import DISTANCES, pairwise_distance
 from deepembed.losses.base import LOSSES, MetricLoss
 from deepembed.losses.functional import masked_logsumexp, mean_nonzero
+from deepembed.losses.pair import pair_masks
 from deepembed.miners.base import Pairs, Triplets, label_masks
 
 # PML's RankedListLoss adds this to every entry of a row's weight sum (a safe division)
@@ -24,17 +25,6 @@ _RLL_EPS = 1e-5
 def _check_distance(name: str, distance: str, allowed: tuple[str, ...] = DISTANCES) -> None:
     if distance not in allowed:
         raise ValueError(f"{name}: unknown distance {distance!r}; known: {', '.join(allowed)}")
-
-
-def _pair_masks(
-    name: str, labels: torch.Tensor, mined: Pairs | Triplets | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, B) positive and negative masks: every valid pair, or the mined Pairs."""
-    if isinstance(mined, Triplets):
-        raise TypeError(f"{name} takes Pairs, not Triplets")
-    if mined is None:
-        return label_masks(labels)
-    return mined.masks(len(labels))
 
 
 @LOSSES.register("npair")
@@ -120,8 +110,8 @@ class LiftedStructureLoss(MetricLoss):
     (the paper's alpha is neg_margin; pos_margin is PML's extra shift, 0 in the paper), i.e.
     the mean over P of max(0, J)^2 / 2 (PML's MeanReducer). Without mining P holds (i, j)
     and (j, i); J is symmetric, so that equals the paper's sum over unordered pairs. With
-    mined Pairs, P is the mined positive pairs (a duplicate counts twice) and N(i) the mined
-    negative pairs anchored at i (a duplicate counts once).
+    mined Pairs, P is the mined positive pairs and N(i) the mined negative pairs anchored at
+    i (a pair listed twice counts once; PML counts a duplicate positive pair twice).
 
     Differences from PML (tested): PML takes the log of an empty sum as 0, so a mined
     positive pair whose two ends have no mined negative adds max(0, D_ij - pos_margin)^2 / 2;
@@ -137,6 +127,11 @@ class LiftedStructureLoss(MetricLoss):
         distance: "euclidean" (the paper; PML's default on normalised embeddings),
             "squared_euclidean" or "cosine".
 
+    Against a cross-batch memory (`pair_loss` with references that are not the batch) only
+    N(i) enters J_ij: the memory has no negatives listed for its rows. PML's
+    CrossBatchMemory instead looks up the negatives of the anchor whose batch index equals
+    the queue index j, which is only meaningful while the queue starts at the batch.
+
     Complexity: O(B^2 D) time, O(B^2) memory.
     """
 
@@ -150,25 +145,38 @@ class LiftedStructureLoss(MetricLoss):
     def compute(
         self, embeddings: torch.Tensor, labels: torch.Tensor, mined: Pairs | Triplets | None
     ) -> torch.Tensor:
-        pos, neg = _pair_masks("lifted_structure", labels, mined)
-        if mined is None:
-            anchors, positives = torch.nonzero(pos, as_tuple=True)
-        else:
-            anchors, positives = mined.anchor_pos, mined.positive  # keeps duplicates
+        return self.pair_loss(
+            embeddings, embeddings, *pair_masks(labels, mined, "lifted_structure")
+        )
+
+    def pair_loss(
+        self, embeddings: torch.Tensor, ref_emb: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor
+    ) -> torch.Tensor:
+        """The loss of anchors (B, D) against references (M, D) on (B, M) pair masks.
+
+        A positive pair (i, j) adds the negatives of j only when the references are the
+        anchors themselves (`ref_emb is embeddings`, the in-batch loss): a memory of past
+        embeddings has no row of negatives for its references, so there J_ij holds the
+        negatives of i alone (the loss is one-sided).
+        """
+        anchors, refs = torch.nonzero(pos, as_tuple=True)  # (P,) positive pairs
         if len(anchors) == 0:
             return self.zero(embeddings)
-        dist = pairwise_distance(embeddings, kind=self.distance)  # (B, B)
+        dist = pairwise_distance(embeddings, ref_emb, kind=self.distance)  # (B, M)
         # (B,) log sum_{k in N(i)} exp(alpha - D_ik); -inf where i has no negative
         has_neg = neg.any(1)
         neg_lse = masked_logsumexp(self.neg_margin - dist, neg).masked_fill(~has_neg, float("-inf"))
-        # (P,) log of the pair's two negative sums; pairs with none get 0 (the where
-        # keeps logaddexp(-inf, -inf) and its NaN gradient out of the graph)
-        valid = has_neg[anchors] | has_neg[positives]
         zero = neg_lse.new_zeros(())
-        both = torch.logaddexp(
-            torch.where(valid, neg_lse[anchors], zero), torch.where(valid, neg_lse[positives], zero)
-        )
-        j = both + dist[anchors, positives] - self.pos_margin  # (P,)
+        # (P,) log of the pair's negative sums; pairs with none get 0 (the where keeps
+        # logaddexp(-inf, -inf) and its NaN gradient out of the graph)
+        valid = has_neg[anchors]
+        log_sum = torch.where(valid, neg_lse[anchors], zero)
+        if ref_emb is embeddings:  # j is an anchor too: add its own negatives
+            valid = valid | has_neg[refs]
+            log_sum = torch.logaddexp(
+                torch.where(valid, neg_lse[anchors], zero), torch.where(valid, neg_lse[refs], zero)
+            )
+        j = log_sum + dist[anchors, refs] - self.pos_margin  # (P,)
         per_pair = torch.where(valid, torch.relu(j) ** 2, zero)
         return per_pair.mean() / 2
 
@@ -204,8 +212,14 @@ class GeneralizedLiftedStructureLoss(MetricLoss):
     def compute(
         self, embeddings: torch.Tensor, labels: torch.Tensor, mined: Pairs | Triplets | None
     ) -> torch.Tensor:
-        pos, neg = _pair_masks("generalized_lifted_structure", labels, mined)
-        dist = pairwise_distance(embeddings, kind=self.distance)  # (B, B)
+        pos, neg = pair_masks(labels, mined, "generalized_lifted_structure")
+        return self.pair_loss(embeddings, embeddings, pos, neg)
+
+    def pair_loss(
+        self, embeddings: torch.Tensor, ref_emb: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor
+    ) -> torch.Tensor:
+        """The loss of anchors (B, D) against references (M, D) on (B, M) pair masks."""
+        dist = pairwise_distance(embeddings, ref_emb, kind=self.distance)  # (B, M)
         pos_lse = masked_logsumexp(dist - self.pos_margin, pos)  # (B,)
         neg_lse = masked_logsumexp(self.neg_margin - dist, neg)  # (B,)
         return torch.relu(pos_lse + neg_lse).mean()
@@ -226,6 +240,10 @@ class NCALoss(MetricLoss):
     As in PML, an anchor whose positive probability underflows to 0 (below ~1e-38 in
     float32, i.e. a loss above ~87) is left out of the loss and the mean: the price of one
     fused softmax (PML's cost) instead of two logsumexps.
+
+    Against references (`pair_loss`, a cross-batch memory) the softmax runs over the
+    anchor's pairs only, so the anchor's own copy in the memory is left out; PML's
+    CrossBatchMemory keeps it in the softmax as a positive at distance 0.
 
     Differences from PML (tested): a batch with no anchor left (none has a positive, or all
     underflowed) gives 0 (PML: NaN, the mean of nothing); empty mined tuples give 0 (PML:
@@ -261,10 +279,23 @@ class NCALoss(MetricLoss):
                 return self.zero(embeddings)
             counts = torch.bincount(indices, minlength=batch).to(embeddings.dtype)  # (B,)
             weights = counts / counts.max()
-        pos, _ = label_masks(labels)
-        eye = torch.eye(batch, dtype=torch.bool, device=labels.device)
-        logits = -self.softmax_scale * pairwise_distance(embeddings, kind=self.distance)
-        prob = torch.softmax(logits.masked_fill(eye, float("-inf")), dim=1)  # (B, B) p_ij
+        return self.pair_loss(embeddings, embeddings, *label_masks(labels), weights)
+
+    def pair_loss(
+        self,
+        embeddings: torch.Tensor,
+        ref_emb: torch.Tensor,
+        pos: torch.Tensor,
+        neg: torch.Tensor,
+        weights: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The loss of anchors (B, D) against references (M, D) on (B, M) pair masks: the
+        softmax runs over each anchor's pairs (pos or neg), `weights` (B,) scale the anchors."""
+        candidates = pos | neg  # (B, M)
+        logits = -self.softmax_scale * pairwise_distance(embeddings, ref_emb, kind=self.distance)
+        # off-pair logits are -inf; a row with no pair at all gets a harmless uniform softmax
+        fill = torch.where(candidates.any(1, keepdim=True), float("-inf"), 0.0)  # (B, 1)
+        prob = torch.softmax(torch.where(candidates, logits, fill), dim=1)  # (B, M) p_ij
         pos_prob = torch.where(pos, prob, 0.0).sum(1)  # (B,) p(i's neighbour is a positive)
         kept = pos_prob > 0  # PML's rows: a positive whose probability did not underflow
         losses = -torch.log(torch.where(kept, pos_prob, 1.0))  # (B,); 0 off `kept`
@@ -328,7 +359,7 @@ class RankedListLoss(MetricLoss):
     def compute(
         self, embeddings: torch.Tensor, labels: torch.Tensor, mined: Pairs | Triplets | None
     ) -> torch.Tensor:
-        pos, neg = _pair_masks("ranked_list", labels, mined)
+        pos, neg = pair_masks(labels, mined, "ranked_list")
         dist = pairwise_distance(embeddings, kind=self.distance)  # (B, B)
         low = self.alpha - self.margin  # positives beyond it violate
         eps = _RLL_EPS * len(labels)

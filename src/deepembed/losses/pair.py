@@ -48,8 +48,15 @@ class MultiSimilarityLoss(MetricLoss):
     def compute(
         self, embeddings: torch.Tensor, labels: torch.Tensor, mined: Pairs | Triplets | None
     ) -> torch.Tensor:
-        pos, neg = pair_masks(labels, mined, "multi_similarity")
-        sim = pairwise_similarity(embeddings)  # (B, B)
+        return self.pair_loss(
+            embeddings, embeddings, *pair_masks(labels, mined, "multi_similarity")
+        )
+
+    def pair_loss(
+        self, embeddings: torch.Tensor, ref_emb: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor
+    ) -> torch.Tensor:
+        """The loss of anchors (B, D) against references (M, D) on (B, M) pair masks."""
+        sim = pairwise_similarity(embeddings, ref_emb)  # (B, M)
         pos_loss = masked_log1p_sum_exp(-self.alpha * (sim - self.base), pos) / self.alpha
         neg_loss = masked_log1p_sum_exp(self.beta * (sim - self.base), neg) / self.beta
         return (pos_loss + neg_loss).mean()
@@ -83,8 +90,13 @@ class ContrastiveLoss(MetricLoss):
     def compute(
         self, embeddings: torch.Tensor, labels: torch.Tensor, mined: Pairs | Triplets | None
     ) -> torch.Tensor:
-        pos, neg = pair_masks(labels, mined, "contrastive")
-        dist = pairwise_distance(embeddings, kind=self.distance)  # (B, B)
+        return self.pair_loss(embeddings, embeddings, *pair_masks(labels, mined, "contrastive"))
+
+    def pair_loss(
+        self, embeddings: torch.Tensor, ref_emb: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor
+    ) -> torch.Tensor:
+        """The loss of anchors (B, D) against references (M, D) on (B, M) pair masks."""
+        dist = pairwise_distance(embeddings, ref_emb, kind=self.distance)  # (B, M)
         pos_loss = torch.relu(dist - self.pos_margin).masked_fill(~pos, 0.0)
         neg_loss = torch.relu(self.neg_margin - dist).masked_fill(~neg, 0.0)
         return mean_nonzero(pos_loss.sum(), (pos_loss > 0).sum(), embeddings) + mean_nonzero(
@@ -116,8 +128,15 @@ class BinomialDevianceLoss(MetricLoss):
     def compute(
         self, embeddings: torch.Tensor, labels: torch.Tensor, mined: Pairs | Triplets | None
     ) -> torch.Tensor:
-        pos, neg = pair_masks(labels, mined, "binomial_deviance")
-        shifted = self.alpha * (pairwise_similarity(embeddings) - self.beta)  # (B, B)
+        return self.pair_loss(
+            embeddings, embeddings, *pair_masks(labels, mined, "binomial_deviance")
+        )
+
+    def pair_loss(
+        self, embeddings: torch.Tensor, ref_emb: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor
+    ) -> torch.Tensor:
+        """The loss of anchors (B, D) against references (M, D) on (B, M) pair masks."""
+        shifted = self.alpha * (pairwise_similarity(embeddings, ref_emb) - self.beta)  # (B, M)
         # log(1 + exp(-alpha (s - beta) M)); one softplus pass, as pos and neg are disjoint
         losses = F.softplus(torch.where(pos, -shifted, self.neg_cost * shifted))
         return masked_mean(losses, pos) + masked_mean(losses, neg)
@@ -147,8 +166,13 @@ class CircleLoss(MetricLoss):
     def compute(
         self, embeddings: torch.Tensor, labels: torch.Tensor, mined: Pairs | Triplets | None
     ) -> torch.Tensor:
-        pos, neg = pair_masks(labels, mined, "circle")
-        sim = pairwise_similarity(embeddings)  # (B, B)
+        return self.pair_loss(embeddings, embeddings, *pair_masks(labels, mined, "circle"))
+
+    def pair_loss(
+        self, embeddings: torch.Tensor, ref_emb: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor
+    ) -> torch.Tensor:
+        """The loss of anchors (B, D) against references (M, D) on (B, M) pair masks."""
+        sim = pairwise_similarity(embeddings, ref_emb)  # (B, M)
         alpha_pos = torch.relu(1.0 + self.m - sim.detach())
         alpha_neg = torch.relu(sim.detach() + self.m)
         pos_logits = -self.gamma * alpha_pos * (sim - (1.0 - self.m))

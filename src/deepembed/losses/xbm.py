@@ -3,36 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import partial
 
 import torch
 
-from deepembed.distances import pairwise_similarity
 from deepembed.losses.base import ClassLoss, MetricLoss
-from deepembed.losses.functional import masked_log1p_sum_exp
-from deepembed.losses.pair import MultiSimilarityLoss
 from deepembed.miners.base import MaskMiner, Miner, Pairs, Triplets
 
 # loss(embeddings (B, D), ref_emb (M, D), pos (B, M), neg (B, M)) -> scalar
 ReferenceForm = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def _multi_similarity_pairs(
-    loss: MultiSimilarityLoss,
-    embeddings: torch.Tensor,
-    ref_emb: torch.Tensor,
-    pos: torch.Tensor,
-    neg: torch.Tensor,
-) -> torch.Tensor:
-    """MultiSimilarityLoss of anchors against references.
-
-    TODO(lead): move into MultiSimilarityLoss as its `pair_loss` method (and have its
-    `compute` call it with ref_emb = embeddings), then delete this adapter.
-    """
-    sim = pairwise_similarity(embeddings, ref_emb)  # (B, M)
-    pos_loss = masked_log1p_sum_exp(-loss.alpha * (sim - loss.base), pos) / loss.alpha
-    neg_loss = masked_log1p_sum_exp(loss.beta * (sim - loss.base), neg) / loss.beta
-    return (pos_loss + neg_loss).mean()
 
 
 def reference_form(loss: MetricLoss) -> ReferenceForm:
@@ -40,13 +18,13 @@ def reference_form(loss: MetricLoss) -> ReferenceForm:
 
     A pair loss offers it as a method `pair_loss(embeddings, ref_emb, pos, neg)`: its value on
     the (anchor i, reference j) pairs with pos[i, j] (same class) or neg[i, j] (different),
-    reduced as the loss itself reduces. Losses without one cannot use a memory.
+    reduced as the loss itself reduces (multi_similarity, contrastive, binomial_deviance,
+    circle, lifted_structure, generalized_lifted_structure, nca). Losses without one cannot
+    use a memory.
     """
     method = getattr(loss, "pair_loss", None)
     if callable(method):
         return method
-    if isinstance(loss, MultiSimilarityLoss):
-        return partial(_multi_similarity_pairs, loss)
     raise TypeError(
         f"cross-batch memory needs a pair loss with a pair_loss(embeddings, ref_emb, pos, neg) "
         f"method; {type(loss).__name__} has none"
@@ -68,6 +46,13 @@ class CrossBatchMemory(MetricLoss):
     PML, which removes the anchor-to-itself pairs after mining, the self pairs are excluded
     before mining: the same choice for any anchor that has another positive in the queue.
     The queue is not part of the state dict: a resumed run refills it within M / B steps.
+
+    Against PML (tested): multi_similarity, contrastive, circle and
+    generalized_lifted_structure give PML's value and gradient. lifted_structure is
+    one-sided here (J_ij has the anchor's negatives only; PML reads the negatives of the
+    batch row whose index equals the queue row j). nca leaves the anchor's own copy out of
+    the softmax (PML keeps it, as a positive at distance 0). binomial_deviance has no PML
+    counterpart.
     """
 
     def __init__(
