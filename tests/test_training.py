@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-from deepembed import data
 from deepembed.config import RunConfig, load_config
 from deepembed.errors import ConfigError
 from deepembed.evaluation import evaluate
@@ -109,12 +108,3 @@ def test_selection_metric_must_be_evaluated(tmp_path: Path) -> None:
     config = tiny_config(tmp_path, "data.val_classes=0.2", "train.select=recall@100")
     with pytest.raises(ConfigError, match=r"train\.select"):
         train(config, progress=False)
-
-
-def test_validation_split_is_seeded_and_class_disjoint() -> None:
-    train_set = data.open("mnist30", "", "train", 150, 0)
-    a_train, a_val = data.validation_split(train_set, 0.2, seed=1)
-    _, b_val = data.validation_split(train_set, 0.2, seed=1)
-    assert np.array_equal(a_val.labels, b_val.labels) and np.array_equal(a_val.ids, b_val.ids)
-    assert not set(a_train.labels) & set(a_val.labels)
-    assert len(a_train) + len(a_val) == len(train_set)
