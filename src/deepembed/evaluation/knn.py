@@ -5,6 +5,8 @@ Two ways to reach the same neighbours:
 * ``torch``: blocks of query rows against blocks of gallery rows (BLAS matrix products);
   a running top-(k+1) per query is merged with each block, and only block entries better than
   the running (k+1)-th enter the merge, so most of each block is rejected by one comparison.
+  Searching a set against itself (``gallery=None``) computes each block pair once and merges
+  it into the lists of both blocks' rows (the score matrix is symmetric): half the products.
 * ``faiss``: ``IndexFlatIP`` / ``IndexFlatL2`` / ``IndexBinaryFlat`` search for k+1.
 
 Both then order each list by (distance, gallery index). Where the (k+1)-th distance equals the
@@ -15,6 +17,7 @@ ranking metrics (mAP, MRR), use that full-row pass for every query.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,6 +37,8 @@ ArrayLike = np.ndarray | torch.Tensor
 
 _ROW_BUDGET = 1 << 25  # distance entries in one full-row block (128 MB of float32)
 _GALLERY_BLOCK = 4096  # gallery rows per streamed block: a 1024 x 4096 block stays in cache
+_PAIR_BLOCK = 4096  # rows per block of the symmetric search (a block pair: 64 MB of scores)
+_TILE = 32  # rows per tile: the symmetric merges read only tiles whose maximum is a candidate
 _FAISS_BLAS_MIN = 128_000  # faiss uses BLAS only when n_queries * dim >= this
 _FAISS_BINARY_BYTES = (4, 8, 16, 20, 32, 64)  # code sizes with specialised Hamming kernels
 
@@ -154,6 +159,18 @@ class _Space:
         if self.bias is None:
             return torch.mm(q, g.T)
         return torch.addmm(self.bias[None, g0:g1], q, g.T, beta=-1.0, alpha=2.0)
+
+    def scores_from_dots(self, dots: torch.Tensor, g0: int, g1: int, axis: int) -> torch.Tensor:
+        """Scores from dot products with gallery rows g0:g1 laid along ``axis`` of ``dots``.
+
+        Equals :meth:`scores` bit for bit (2 q.g is exact, then one rounding for the bias);
+        without a bias the dot products themselves are returned.
+        """
+        if self.bias is None:
+            return dots
+        bias = self.bias[g0:g1]  # rows past the end (padding) get +inf, so score -inf
+        bias = F.pad(bias, (0, g1 - g0 - len(bias)), value=math.inf)
+        return torch.add(-(bias[None, :] if axis == 1 else bias[:, None]), dots, alpha=2.0)
 
     def to_distance(self, scores: torch.Tensor, q0: int, q1: int) -> torch.Tensor:
         """Distances of scores of query rows q0:q1 (in place; monotone decreasing)."""
@@ -351,6 +368,69 @@ def _stream_candidates(
     return vals, cols  # type: ignore[return-value]
 
 
+def _merge_tiles(
+    vals: torch.Tensor, cols: torch.Tensor, tiles: torch.Tensor, g0: int, k1: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Merge scores cut in tiles (c, nt, T) (row r, gallery columns g0 + t*T + 0..T-1) into
+    the running best (c, k1): only tiles whose maximum beats the running k1-th are read."""
+    c, _, size = tiles.shape
+    hit = tiles.amax(2) > vals[:, -1:]  # (c, nt) tiles holding a candidate; few after a while
+    rows, tile = hit.nonzero(as_tuple=True)  # grouped by row
+    if rows.numel() == 0:
+        return vals, cols
+    counts = torch.bincount(rows, minlength=c)  # (c,)
+    width = int(counts.max())
+    pos = torch.arange(rows.numel(), device=tiles.device) - (counts.cumsum(0) - counts)[rows]
+    # each row's hit tiles left-aligned in (c, width, T), padded with -inf
+    cand_v = torch.full((c, width, size), -math.inf, device=tiles.device)
+    cand_c = torch.zeros((c, width, size), dtype=torch.int64, device=tiles.device)
+    cand_v[rows, pos] = tiles[rows, tile]  # (h, T) tiles
+    cand_c[rows, pos] = (tile * size + g0)[:, None] + torch.arange(size, device=tiles.device)
+    vals, pick = torch.topk(torch.cat([vals, cand_v.view(c, -1)], 1), k1, dim=1)
+    return vals, torch.gather(torch.cat([cols, cand_c.view(c, -1)], 1), 1, pick)
+
+
+def _symmetric_candidates(
+    space: _Space, k1: int, exclude_self: bool
+) -> Iterator[tuple[int, int, torch.Tensor, torch.Tensor]]:
+    """Best k1 scores and columns of every row of a set searched against itself.
+
+    Each block pair (a, b >= a) is multiplied once; its (ca, cb) scores update the rows of
+    block a and, transposed, the rows of block b. Block a is complete once its pairs are
+    done (pairs (a' < a, a) came earlier), so it is yielded then as (q0, q1, scores (c, k1),
+    columns (c, k1)). Rows are zero-padded to whole tiles (padding scores set to -inf) so
+    that both merges read tile maxima. Memory: the (N, k1) lists plus one block pair.
+    """
+    n, device, size = space.query.shape[0], space.query.device, _TILE
+    n_pad = -(-n // size) * size
+    x = F.pad(space.query, (0, 0, 0, n_pad - n))  # (N', D) rows, zero padding
+    vals = torch.full((n_pad, k1), -math.inf, device=device)  # (N', k1) running best scores
+    cols = torch.zeros((n_pad, k1), dtype=torch.int64, device=device)  # (N', k1) their columns
+    n_tiles = n_pad // size
+    per_block = max(1, _PAIR_BLOCK // size)
+    count = -(-n_tiles // per_block)  # blocks of whole tiles, sizes differing by one tile
+    cuts = [size * (n_tiles * b // count) for b in range(count + 1)]
+    bounds = list(itertools.pairwise(cuts))
+    for a, (i0, i1) in enumerate(bounds):
+        for j0, j1 in bounds[a:]:
+            dots = torch.mm(x[i0:i1], x[j0:j1].T)  # (ci, cj)
+            rows_i = space.scores_from_dots(dots, j0, j1, axis=1)  # (ci, cj) scores of rows i
+            rows_i[:, max(0, n - j0) :] = -math.inf  # padding columns
+            if i0 == j0:
+                if exclude_self:
+                    own = torch.arange(i1 - i0, device=device)
+                    rows_i[own, own] = -math.inf
+            else:  # rows of block j see block i through the transposed scores
+                rows_j = space.scores_from_dots(dots, i0, i1, axis=0)  # (ci, cj)
+                rows_j[max(0, n - i0) :] = -math.inf  # padding rows (never in block i)
+                ci, cj = rows_j.shape
+                tiles_j = rows_j.view(ci // size, size, cj).permute(2, 0, 1)  # (cj, nt, T)
+                vals[j0:j1], cols[j0:j1] = _merge_tiles(vals[j0:j1], cols[j0:j1], tiles_j, i0, k1)
+            tiles_i = rows_i.view(i1 - i0, -1, size)  # (ci, nt, T)
+            vals[i0:i1], cols[i0:i1] = _merge_tiles(vals[i0:i1], cols[i0:i1], tiles_i, j0, k1)
+        yield i0, min(i1, n), vals[i0 : min(i1, n)], cols[i0 : min(i1, n)]
+
+
 def _faiss_candidates(
     space: _Space, q0: int, q1: int, k1: int, exclude_self: bool, index: faiss.Index
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -418,10 +498,11 @@ def _resolve_backend(backend: str, space: _Space, full_ranking: bool) -> str:
     if space.distance == "hamming":
         return "torch" if backend == "auto" else backend
     if backend == "auto":
-        # measured (bench/evaluation.py): faiss wins on small galleries, the streamed torch
-        # search with early rejection once the gallery spans several blocks; GPUs use torch
-        big = space.gallery.shape[0] >= 4 * _GALLERY_BLOCK
-        return "torch" if big or space.query.device.type != "cpu" else "faiss"
+        # measured (bench/evaluation.py, 2 shared cores, leave-one-out, dim 128, k 54-59):
+        # 20k rows faiss 4.6 s vs symmetric torch 13.1 s; 60k rows faiss 13.3 s vs plain
+        # torch 19.9 s. The torch merges, not its products, dominate on CPU, so faiss wins at
+        # every size there, with or without a gallery; GPUs use torch
+        return "faiss" if space.query.device.type == "cpu" else "torch"
     return backend
 
 
@@ -443,7 +524,8 @@ def iter_knn(
 ) -> Iterator[KnnChunk]:
     """Exact k nearest gallery rows, yielded chunk by chunk of query rows.
 
-    Memory stays bounded: at most ``chunk_size x 4096`` scores while streaming, and about
+    Memory stays bounded: at most ``chunk_size x 4096`` scores while streaming (4096 x 4096
+    and the (Q, k + 1) running lists for the symmetric ``gallery=None`` search), and about
     32M distances (128 MB) per block of rows in the full-row pass; the (Q, G) matrix is never
     built. Runs on the device of ``query`` if it is a torch tensor, else on CPU, in float32.
     Ties are broken by lower gallery index, including which tied item makes the cut; the tied
@@ -459,11 +541,11 @@ def iter_knn(
         exclude_self: query and gallery are the same set (leave-one-out); query row i never
             gets gallery row i. Requires Q == G.
         chunk_size: query rows per chunk (faiss gets at least 128000 / D rows, its BLAS
-            threshold).
-        backend: "torch", "faiss" or "auto" (faiss for float data on CPU with a gallery of
-            under 16384 rows, else torch). Hamming distances and ``full_ranking`` use the
-            exact full-row pass of torch (with "faiss", Hamming lists come from faiss and
-            rows with a tie at the cut are redone by that pass).
+            threshold; the symmetric torch search with ``gallery=None`` uses its own blocks).
+        backend: "torch", "faiss" or "auto" (faiss for float data on CPU, torch on other
+            devices; measured in ``_resolve_backend``). Hamming distances and
+            ``full_ranking`` use the exact full-row pass of torch (with "faiss", Hamming lists
+            come from faiss and rows with a tie at the cut are redone by that pass).
         query_labels, gallery_labels: int labels (Q,), (G,): enable ``relevant_tied_beyond``
             and ``full_ranking``.
         full_ranking: also return the tie groups of every relevant item over the whole
@@ -506,26 +588,22 @@ def iter_knn(
         return
 
     row_block = max(1, min(chunk_size, _ROW_BUDGET // n_gallery))
-    step = row_block if exact_rows else chunk_size
-    index = None
-    if used == "faiss":
-        index = _faiss_index(space)
-        # few large searches: faiss parallelises within one call; output bounded by budget
-        step = max(chunk_size, -(-_FAISS_BLAS_MIN // space.query.shape[1]), _ROW_BUDGET // 2 // k)
-    k1 = min(k + 1, n_gallery - 1 if exclude_self else n_gallery)  # one more exposes a tie
-    for q0 in range(0, n_query, step):
-        q1 = min(q0 + step, n_query)
-        rows = torch.arange(q0, q1, device=device)
-        if exact_rows:
+    if exact_rows:
+        for q0 in range(0, n_query, row_block):
+            rows = torch.arange(q0, min(q0 + row_block, n_query), device=device)
             yield _chunk(q0, _full_rows(space, rows, k, exclude_self, labels, full_ranking))
-            continue
-        if index is not None:
-            dist, cols = _faiss_candidates(space, q0, q1, k1, exclude_self, index)
-        else:
-            scores, cols = _stream_candidates(space, q0, q1, k1, exclude_self)
-            dist = space.to_distance(scores, q0, q1)
+        return
+    k1 = min(k + 1, n_gallery - 1 if exclude_self else n_gallery)  # one more exposes a tie
+    symmetric = gallery is None and used == "torch"
+    for q0, q1, dist, cols in _candidate_chunks(
+        space, used, k, k1, exclude_self, chunk_size, symmetric
+    ):
         dist, cols = _order_ties(dist, cols)  # ascending already (topk sorted)
-        straddle = (dist[:, k] == dist[:, k - 1]) if k1 > k else torch.zeros_like(rows, dtype=bool)
+        straddle = (
+            dist[:, k] == dist[:, k - 1]
+            if k1 > k
+            else torch.zeros(q1 - q0, dtype=bool, device=device)
+        )
         dist, cols = dist[:, :k].contiguous(), cols[:, :k].contiguous()
         tied = torch.zeros(q1 - q0, dtype=torch.int64, device=device)
         rel_tied = tied.clone()
@@ -535,6 +613,37 @@ def iter_knn(
             v, c, t, rt = _full_rows(space, part + q0, k, exclude_self, labels, False)
             dist[part], cols[part], tied[part], rel_tied[part] = v, c, t, rt
         yield _chunk(q0, (dist, cols, tied, rel_tied))
+
+
+def _candidate_chunks(
+    space: _Space,
+    used: str,
+    k: int,
+    k1: int,
+    exclude_self: bool,
+    chunk_size: int,
+    symmetric: bool,
+) -> Iterator[tuple[int, int, torch.Tensor, torch.Tensor]]:
+    """(q0, q1, distances (c, k1) ascending, gallery columns (c, k1)) for consecutive chunks
+    of query rows, from faiss, the symmetric search or the streamed torch search."""
+    n_query = space.query.shape[0]
+    if symmetric:
+        for q0, q1, scores, cols in _symmetric_candidates(space, k1, exclude_self):
+            yield q0, q1, space.to_distance(scores, q0, q1), cols
+        return
+    index = None
+    step = chunk_size
+    if used == "faiss":
+        index = _faiss_index(space)
+        # few large searches: faiss parallelises within one call; output bounded by budget
+        step = max(chunk_size, -(-_FAISS_BLAS_MIN // space.query.shape[1]), _ROW_BUDGET // 2 // k)
+    for q0 in range(0, n_query, step):
+        q1 = min(q0 + step, n_query)
+        if index is not None:
+            yield q0, q1, *_faiss_candidates(space, q0, q1, k1, exclude_self, index)
+        else:
+            scores, cols = _stream_candidates(space, q0, q1, k1, exclude_self)
+            yield q0, q1, space.to_distance(scores, q0, q1), cols
 
 
 def _chunk(start: int, parts: tuple) -> KnnChunk:

@@ -1,0 +1,94 @@
+"""The symmetric leave-one-out search (gallery=None) against the plain streamed search."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from deepembed.evaluation import evaluate, knn
+
+
+def search(x, gallery, k, distance, exclude_self, labels, chunk_size=13):
+    """All chunks of one torch search, concatenated: (indices, distances, tied, rel_tied)."""
+    chunks = list(
+        knn.iter_knn(
+            x,
+            gallery,
+            k,
+            distance,
+            exclude_self=exclude_self,
+            chunk_size=chunk_size,
+            backend="torch",
+            query_labels=labels,
+            gallery_labels=labels,
+        )
+    )
+    return tuple(
+        np.concatenate([getattr(c, f) for c in chunks])
+        for f in ("indices", "distances", "tied_beyond", "relevant_tied_beyond")
+    )
+
+
+@pytest.mark.parametrize("distance", ["cosine", "inner_product", "euclidean", "squared_euclidean"])
+@pytest.mark.parametrize("exclude_self", [False, True])
+@pytest.mark.parametrize(
+    ("data", "n", "block", "tile"),
+    [
+        ("exact", 203, 64, 8),
+        ("exact", 150, 40, 16),
+        ("exact", 97, 4096, 32),
+        ("float", 192, 64, 16),
+    ],
+)
+def test_symmetric_search_equals_plain_search(
+    monkeypatch, distance, exclude_self, data, n, block, tile
+):
+    monkeypatch.setattr(knn, "_PAIR_BLOCK", block)  # several block pairs, uneven last block
+    monkeypatch.setattr(knn, "_TILE", tile)
+    monkeypatch.setattr(knn, "_GALLERY_BLOCK", 64)  # plain path: streamed merges too
+    rng = np.random.default_rng(n)
+    if data == "exact":  # +-1 rows of 16 bits, duplicated: exact dot products, many real ties
+        x = np.sign(rng.normal(size=(20, 16))).astype(np.float32)[rng.integers(0, 20, size=n)]
+        chunk = 13
+    else:  # generic floats; every BLAS block >= 16 wide, where its rounding is shape-free
+        x = rng.normal(size=(n, 8)).astype(np.float32)
+        chunk = 32
+    labels = rng.integers(0, 5, size=n)
+    seen = []
+    original = knn._symmetric_candidates
+
+    def spy(*args):
+        seen.append(True)
+        yield from original(*args)
+
+    monkeypatch.setattr(knn, "_symmetric_candidates", spy)
+    for k in (1, 30) if data == "float" else (9, 30):
+        plain = search(x, x, k, distance, exclude_self, labels, chunk)
+        assert not seen
+        sym = search(x, None, k, distance, exclude_self, labels, chunk)
+        assert seen  # the symmetric path really ran
+        seen.clear()
+        for a, b in zip(plain, sym, strict=True):
+            np.testing.assert_array_equal(a, b)
+        if data == "exact":
+            assert plain[2].sum() > 0  # straddling ties occur and are resolved alike
+
+
+def test_symmetric_search_matches_brute_force_ties():
+    data = np.eye(4, dtype=np.float32)[np.random.default_rng(3).integers(0, 4, size=70)]
+    full = ((data[:, None] - data[None]) ** 2).sum(-1)  # (70, 70) exact, mostly tied
+    np.fill_diagonal(full, np.inf)
+    res = knn.knn_search(data, None, 25, "squared_euclidean", exclude_self=True, backend="torch")
+    expected = np.argsort(full, axis=1, kind="stable")[:, :25]  # ties by lower index
+    np.testing.assert_array_equal(res.indices, expected)
+
+
+def test_evaluate_leave_one_out_torch_equals_faiss():
+    rng = np.random.default_rng(11)
+    labels = rng.integers(0, 30, size=400)
+    x = rng.normal(size=(30, 16))[labels] + rng.normal(size=(400, 16))
+    names = ("recall@1", "recall@10", "r_precision", "map@r")
+    a = evaluate(x, labels, metrics=names, backend="torch")
+    b = evaluate(x, labels, metrics=names, backend="faiss")
+    for name in names:
+        assert a[name] == pytest.approx(b[name], abs=1e-12)
