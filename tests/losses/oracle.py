@@ -89,3 +89,23 @@ RAW_DISTANCES: dict[str, Callable[[], pml_distances.BaseDistance]] = {
     "squared_euclidean": lambda: pml_distances.LpDistance(normalize_embeddings=False, power=2),
     "cosine": lambda: pml_distances.CosineSimilarity(),
 }
+
+
+def assert_quadratic_memory(compute: Callable[[], torch.Tensor], emb: torch.Tensor) -> torch.Tensor:
+    """Run `compute()` (a loss of the leaf `emb`, B rows) and backward: the loss and the
+    gradient are finite, the loss positive, and autograd saved fewer than 16 B^2 numbers
+    (O(B^2), never O(B^3)). Returns the loss."""
+    saved: list[int] = []
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        saved.append(t.numel())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = compute()
+    loss.backward()
+    assert torch.isfinite(loss) and loss > 0
+    assert emb.grad is not None and bool(torch.isfinite(emb.grad).all())
+    batch = len(emb)
+    assert sum(saved) < 16 * batch * batch, f"autograd saved {sum(saved)} numbers"
+    return loss
