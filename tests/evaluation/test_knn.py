@@ -141,14 +141,14 @@ def test_result_is_frozen():
 
 def test_score_blocks_stay_bounded(monkeypatch):
     seen: list[tuple[int, int]] = []
-    original = knn._Space.scores
+    original = knn._Space.dots  # every product of the cosine and hamming searches
 
     def spy(self, q0, q1, g0, g1):
         out = original(self, q0, q1, g0, g1)
         seen.append(tuple(out.shape))
         return out
 
-    monkeypatch.setattr(knn._Space, "scores", spy)
+    monkeypatch.setattr(knn._Space, "dots", spy)
     monkeypatch.setattr(knn, "_GALLERY_BLOCK", 8)
     x = np.random.default_rng(6).normal(size=(25, 4)).astype(np.float32)
     knn_search(x, x, k=3, chunk_size=10, backend="torch")  # streamed: 10 x 8 blocks at most

@@ -1,4 +1,5 @@
-"""The symmetric leave-one-out search (gallery=None) against the plain streamed search."""
+"""The CPU merge kernels (symmetric search with gallery=None, streamed search with a gallery)
+against the plain streamed search with torch merges."""
 
 from __future__ import annotations
 
@@ -32,20 +33,12 @@ def search(x, gallery, k, distance, exclude_self, labels, chunk_size=13):
 @pytest.mark.parametrize("distance", ["cosine", "inner_product", "euclidean", "squared_euclidean"])
 @pytest.mark.parametrize("exclude_self", [False, True])
 @pytest.mark.parametrize(
-    ("data", "n", "block", "tile"),
-    [
-        ("exact", 203, 64, 8),
-        ("exact", 150, 40, 16),
-        ("exact", 97, 4096, 32),
-        ("float", 192, 64, 16),
-    ],
+    ("data", "n", "block"),
+    [("exact", 203, 64), ("exact", 150, 40), ("exact", 97, 4096), ("float", 192, 64)],
 )
-def test_symmetric_search_equals_plain_search(
-    monkeypatch, distance, exclude_self, data, n, block, tile
-):
+def test_kernel_searches_equal_torch_merges(monkeypatch, distance, exclude_self, data, n, block):
     monkeypatch.setattr(knn, "_PAIR_BLOCK", block)  # several block pairs, uneven last block
-    monkeypatch.setattr(knn, "_TILE", tile)
-    monkeypatch.setattr(knn, "_GALLERY_BLOCK", 64)  # plain path: streamed merges too
+    monkeypatch.setattr(knn, "_GALLERY_BLOCK", 64)  # several streamed blocks too
     rng = np.random.default_rng(n)
     if data == "exact":  # +-1 rows of 16 bits, duplicated: exact dot products, many real ties
         x = np.sign(rng.normal(size=(20, 16))).astype(np.float32)[rng.integers(0, 20, size=n)]
@@ -63,13 +56,17 @@ def test_symmetric_search_equals_plain_search(
 
     monkeypatch.setattr(knn, "_symmetric_candidates", spy)
     for k in (1, 30) if data == "float" else (9, 30):
-        plain = search(x, x, k, distance, exclude_self, labels, chunk)
+        monkeypatch.setattr(knn, "_CPU_KERNELS", False)
+        plain = search(x, x, k, distance, exclude_self, labels, chunk)  # torch merges
+        monkeypatch.setattr(knn, "_CPU_KERNELS", True)
+        streamed = search(x, x, k, distance, exclude_self, labels, chunk)  # merge_rows
         assert not seen
-        sym = search(x, None, k, distance, exclude_self, labels, chunk)
+        sym = search(x, None, k, distance, exclude_self, labels, chunk)  # merge_rows + _cols
         assert seen  # the symmetric path really ran
         seen.clear()
-        for a, b in zip(plain, sym, strict=True):
+        for a, b, c in zip(plain, streamed, sym, strict=True):
             np.testing.assert_array_equal(a, b)
+            np.testing.assert_array_equal(a, c)
         if data == "exact":
             assert plain[2].sum() > 0  # straddling ties occur and are resolved alike
 

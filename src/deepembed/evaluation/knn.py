@@ -17,10 +17,10 @@ ranking metrics (mAP, MRR), use that full-row pass for every query.
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from types import ModuleType
 
 import faiss
 import numpy as np
@@ -37,8 +37,8 @@ ArrayLike = np.ndarray | torch.Tensor
 
 _ROW_BUDGET = 1 << 25  # distance entries in one full-row block (128 MB of float32)
 _GALLERY_BLOCK = 4096  # gallery rows per streamed block: a 1024 x 4096 block stays in cache
-_PAIR_BLOCK = 4096  # rows per block of the symmetric search (a block pair: 64 MB of scores)
-_TILE = 32  # rows per tile: the symmetric merges read only tiles whose maximum is a candidate
+_PAIR_BLOCK = 1024  # rows per block of the symmetric search: 4 MB of dot products, in cache
+_CPU_KERNELS = True  # merge on CPU with the fused numba kernels (tests turn it off)
 _FAISS_BLAS_MIN = 128_000  # faiss uses BLAS only when n_queries * dim >= this
 _FAISS_BINARY_BYTES = (4, 8, 16, 20, 32, 64)  # code sizes with specialised Hamming kernels
 
@@ -153,23 +153,28 @@ class _Space:
     bias: torch.Tensor | None = None  # (G,) |g|^2 for the euclidean distances
     query_sq: torch.Tensor | None = None  # (Q,) |q|^2 for the euclidean distances
 
+    def dots(self, q0: int, q1: int, g0: int, g1: int) -> torch.Tensor:
+        """(q1 - q0, g1 - g0) dot products of query rows q0:q1 with gallery rows g0:g1.
+
+        Every path of the search gets its products here, so all of them round alike. (numpy's
+        OpenBLAS multiplies ~1.25x faster on the AMD CPU measured, but its spinning threads
+        then starve the merge kernels: 4x slower overall.)
+        """
+        return torch.mm(self.query[q0:q1], self.gallery[g0:g1].T)
+
     def scores(self, q0: int, q1: int, g0: int, g1: int) -> torch.Tensor:
         """(q1 - q0, g1 - g0) scores of query rows q0:q1 against gallery rows g0:g1."""
-        q, g = self.query[q0:q1], self.gallery[g0:g1]
-        if self.bias is None:
-            return torch.mm(q, g.T)
-        return torch.addmm(self.bias[None, g0:g1], q, g.T, beta=-1.0, alpha=2.0)
+        return self.scores_from_dots(self.dots(q0, q1, g0, g1), g0, g1, axis=1)
 
     def scores_from_dots(self, dots: torch.Tensor, g0: int, g1: int, axis: int) -> torch.Tensor:
         """Scores from dot products with gallery rows g0:g1 laid along ``axis`` of ``dots``.
 
-        Equals :meth:`scores` bit for bit (2 q.g is exact, then one rounding for the bias);
-        without a bias the dot products themselves are returned.
+        2 q.g is exact, then the bias costs one rounding; without a bias the dot products
+        themselves are returned.
         """
         if self.bias is None:
             return dots
-        bias = self.bias[g0:g1]  # rows past the end (padding) get +inf, so score -inf
-        bias = F.pad(bias, (0, g1 - g0 - len(bias)), value=math.inf)
+        bias = self.bias[g0:g1]
         return torch.add(-(bias[None, :] if axis == 1 else bias[:, None]), dots, alpha=2.0)
 
     def to_distance(self, scores: torch.Tensor, q0: int, q1: int) -> torch.Tensor:
@@ -342,11 +347,38 @@ def _merge(
     return vals, torch.gather(torch.cat([cols, cand_c], 1), 1, pick)
 
 
+def _kernels(space: _Space) -> ModuleType | None:
+    """The fused CPU merge kernels (numba) when they apply to ``space``, else None."""
+    if not _CPU_KERNELS or space.query.device.type != "cpu":
+        return None
+    import numba
+
+    from deepembed.evaluation import _select  # imported late: numba loads in ~0.5 s
+
+    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+    return _select
+
+
+def _empty_heaps(n: int, k1: int) -> tuple[np.ndarray, np.ndarray]:
+    """(n, k1) heaps that any real candidate beats: scores -inf, columns past any index."""
+    return np.full((n, k1), -np.inf, np.float32), np.full((n, k1), np.iinfo(np.int64).max)
+
+
 def _stream_candidates(
     space: _Space, q0: int, q1: int, k1: int, exclude_self: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Best k1 scores (c, k1) and gallery columns of query rows q0:q1, gallery in blocks."""
+    """Best k1 scores (c, k1) and gallery columns of query rows q0:q1, gallery in blocks,
+    best first (ties by lower column)."""
     n_gallery = space.gallery.shape[0]
+    kernels = _kernels(space)
+    if kernels is not None:  # CPU: block dot products, then one fused pass merges them
+        vals_np, cols_np = _empty_heaps(q1 - q0, k1)
+        for g0 in range(0, n_gallery, _GALLERY_BLOCK):
+            g1 = min(g0 + _GALLERY_BLOCK, n_gallery)
+            scores = space.scores(q0, q1, g0, g1).numpy()  # (c, b)
+            kernels.merge_rows(scores, vals_np, cols_np, q0, g0, exclude_self)
+        kernels.sort_heaps(vals_np, cols_np)
+        return torch.from_numpy(vals_np), torch.from_numpy(cols_np)
     vals = cols = None
     for g0 in range(0, n_gallery, _GALLERY_BLOCK):
         g1 = min(g0 + _GALLERY_BLOCK, n_gallery)
@@ -368,67 +400,35 @@ def _stream_candidates(
     return vals, cols  # type: ignore[return-value]
 
 
-def _merge_tiles(
-    vals: torch.Tensor, cols: torch.Tensor, tiles: torch.Tensor, g0: int, k1: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Merge scores cut in tiles (c, nt, T) (row r, gallery columns g0 + t*T + 0..T-1) into
-    the running best (c, k1): only tiles whose maximum beats the running k1-th are read."""
-    c, _, size = tiles.shape
-    hit = tiles.amax(2) > vals[:, -1:]  # (c, nt) tiles holding a candidate; few after a while
-    rows, tile = hit.nonzero(as_tuple=True)  # grouped by row
-    if rows.numel() == 0:
-        return vals, cols
-    counts = torch.bincount(rows, minlength=c)  # (c,)
-    width = int(counts.max())
-    pos = torch.arange(rows.numel(), device=tiles.device) - (counts.cumsum(0) - counts)[rows]
-    # each row's hit tiles left-aligned in (c, width, T), padded with -inf
-    cand_v = torch.full((c, width, size), -math.inf, device=tiles.device)
-    cand_c = torch.zeros((c, width, size), dtype=torch.int64, device=tiles.device)
-    cand_v[rows, pos] = tiles[rows, tile]  # (h, T) tiles
-    cand_c[rows, pos] = (tile * size + g0)[:, None] + torch.arange(size, device=tiles.device)
-    vals, pick = torch.topk(torch.cat([vals, cand_v.view(c, -1)], 1), k1, dim=1)
-    return vals, torch.gather(torch.cat([cols, cand_c.view(c, -1)], 1), 1, pick)
-
-
 def _symmetric_candidates(
-    space: _Space, k1: int, exclude_self: bool
+    space: _Space, k1: int, exclude_self: bool, kernels: ModuleType
 ) -> Iterator[tuple[int, int, torch.Tensor, torch.Tensor]]:
-    """Best k1 scores and columns of every row of a set searched against itself.
+    """Best k1 scores and columns of every row of a set searched against itself (CPU).
 
-    Each block pair (a, b >= a) is multiplied once; its (ca, cb) scores update the rows of
-    block a and, transposed, the rows of block b. Block a is complete once its pairs are
-    done (pairs (a' < a, a) came earlier), so it is yielded then as (q0, q1, scores (c, k1),
-    columns (c, k1)). Rows are zero-padded to whole tiles (padding scores set to -inf) so
-    that both merges read tile maxima. Memory: the (N, k1) lists plus one block pair.
+    The score matrix is symmetric, so each off-diagonal block pair (a < b) is multiplied
+    once: its (ca, cb) dot products are merged into the heaps of block a's rows and, read by
+    columns, into those of block b's rows. The diagonal blocks go first, so that every heap
+    starts from its own block's best and later blocks are mostly rejected by one comparison.
+    Block a is complete after its row of pairs (pairs (a' < a, a) came earlier) and is
+    yielded then as (q0, q1, scores (c, k1), columns (c, k1)), best first. Memory: the
+    (N, k1) heaps plus one block of dot products.
     """
-    n, device, size = space.query.shape[0], space.query.device, _TILE
-    n_pad = -(-n // size) * size
-    x = F.pad(space.query, (0, 0, 0, n_pad - n))  # (N', D) rows, zero padding
-    vals = torch.full((n_pad, k1), -math.inf, device=device)  # (N', k1) running best scores
-    cols = torch.zeros((n_pad, k1), dtype=torch.int64, device=device)  # (N', k1) their columns
-    n_tiles = n_pad // size
-    per_block = max(1, _PAIR_BLOCK // size)
-    count = -(-n_tiles // per_block)  # blocks of whole tiles, sizes differing by one tile
-    cuts = [size * (n_tiles * b // count) for b in range(count + 1)]
-    bounds = list(itertools.pairwise(cuts))
+    n = space.query.shape[0]
+    vals, cols = _empty_heaps(n, k1)
+    bounds = [(b0, min(b0 + _PAIR_BLOCK, n)) for b0 in range(0, n, _PAIR_BLOCK)]
+    for i0, i1 in bounds:
+        scores = space.scores(i0, i1, i0, i1).numpy()  # (c, c), both triangles
+        kernels.merge_rows(scores, vals[i0:i1], cols[i0:i1], i0, i0, exclude_self)
     for a, (i0, i1) in enumerate(bounds):
-        for j0, j1 in bounds[a:]:
-            dots = torch.mm(x[i0:i1], x[j0:j1].T)  # (ci, cj)
-            rows_i = space.scores_from_dots(dots, j0, j1, axis=1)  # (ci, cj) scores of rows i
-            rows_i[:, max(0, n - j0) :] = -math.inf  # padding columns
-            if i0 == j0:
-                if exclude_self:
-                    own = torch.arange(i1 - i0, device=device)
-                    rows_i[own, own] = -math.inf
-            else:  # rows of block j see block i through the transposed scores
-                rows_j = space.scores_from_dots(dots, i0, i1, axis=0)  # (ci, cj)
-                rows_j[max(0, n - i0) :] = -math.inf  # padding rows (never in block i)
-                ci, cj = rows_j.shape
-                tiles_j = rows_j.view(ci // size, size, cj).permute(2, 0, 1)  # (cj, nt, T)
-                vals[j0:j1], cols[j0:j1] = _merge_tiles(vals[j0:j1], cols[j0:j1], tiles_j, i0, k1)
-            tiles_i = rows_i.view(i1 - i0, -1, size)  # (ci, nt, T)
-            vals[i0:i1], cols[i0:i1] = _merge_tiles(vals[i0:i1], cols[i0:i1], tiles_i, j0, k1)
-        yield i0, min(i1, n), vals[i0 : min(i1, n)], cols[i0 : min(i1, n)]
+        for j0, j1 in bounds[a + 1 :]:
+            dots = space.dots(i0, i1, j0, j1)  # (ci, cj)
+            rows_i = space.scores_from_dots(dots, j0, j1, axis=1).numpy()  # block i's rows
+            rows_j = space.scores_from_dots(dots, i0, i1, axis=0).numpy()  # block j's, by column
+            kernels.merge_rows(rows_i, vals[i0:i1], cols[i0:i1], i0, j0, False)
+            kernels.merge_cols(rows_j, vals[j0:j1], cols[j0:j1], i0, j0, False)
+        block_v, block_c = vals[i0:i1], cols[i0:i1]
+        kernels.sort_heaps(block_v, block_c)
+        yield i0, i1, torch.from_numpy(block_v), torch.from_numpy(block_c)
 
 
 def _faiss_candidates(
@@ -498,11 +498,9 @@ def _resolve_backend(backend: str, space: _Space, full_ranking: bool) -> str:
     if space.distance == "hamming":
         return "torch" if backend == "auto" else backend
     if backend == "auto":
-        # measured (bench/evaluation.py, 2 shared cores, leave-one-out, dim 128, k 54-59):
-        # 20k rows faiss 4.6 s vs symmetric torch 13.1 s; 60k rows faiss 13.3 s vs plain
-        # torch 19.9 s. The torch merges, not its products, dominate on CPU, so faiss wins at
-        # every size there, with or without a gallery; GPUs use torch
-        return "faiss" if space.query.device.type == "cpu" else "torch"
+        # measured (bench/evaluation.py, 60k x 128 leave-one-out, 2 cores): the torch search
+        # with the fused CPU merges, symmetric, beats faiss IndexFlat; on GPUs torch too
+        return "torch"
     return backend
 
 
@@ -598,7 +596,7 @@ def iter_knn(
     for q0, q1, dist, cols in _candidate_chunks(
         space, used, k, k1, exclude_self, chunk_size, symmetric
     ):
-        dist, cols = _order_ties(dist, cols)  # ascending already (topk sorted)
+        dist, cols = _order_ties(dist, cols)  # ascending already (topk or heaps sorted)
         straddle = (
             dist[:, k] == dist[:, k - 1]
             if k1 > k
@@ -625,10 +623,12 @@ def _candidate_chunks(
     symmetric: bool,
 ) -> Iterator[tuple[int, int, torch.Tensor, torch.Tensor]]:
     """(q0, q1, distances (c, k1) ascending, gallery columns (c, k1)) for consecutive chunks
-    of query rows, from faiss, the symmetric search or the streamed torch search."""
+    of query rows, from faiss, the symmetric search (a set against itself, on CPU) or the
+    streamed torch search."""
     n_query = space.query.shape[0]
-    if symmetric:
-        for q0, q1, scores, cols in _symmetric_candidates(space, k1, exclude_self):
+    kernels = _kernels(space) if used == "torch" else None
+    if symmetric and kernels is not None:
+        for q0, q1, scores, cols in _symmetric_candidates(space, k1, exclude_self, kernels):
             yield q0, q1, space.to_distance(scores, q0, q1), cols
         return
     index = None
