@@ -53,14 +53,22 @@ def assert_matches_oracle(res: KnnResult, full: np.ndarray, k: int, exclude_self
 @pytest.mark.parametrize("chunk_size", [7, 4096])
 @pytest.mark.parametrize("exclude_self", [False, True])
 @pytest.mark.parametrize("block", [16, 4096])
-def test_matches_brute_force(monkeypatch, distance, chunk_size, exclude_self, block):
-    monkeypatch.setattr(knn, "_GALLERY_BLOCK", block)  # 16: the streamed merge path
+@pytest.mark.parametrize("backend", ["torch", "faiss"])
+def test_matches_brute_force(monkeypatch, distance, chunk_size, exclude_self, block, backend):
+    monkeypatch.setattr(knn, "_GALLERY_BLOCK", block)  # 16: several streamed blocks
+    monkeypatch.setattr(knn, "_PAIR_BLOCK", block)  # and several symmetric block pairs
     rng = np.random.default_rng(0)
     gallery = rng.normal(size=(120, 8)).astype(np.float32)
     query = gallery if exclude_self else rng.normal(size=(50, 8)).astype(np.float32)
     full = oracle_distances(query, gallery, distance)
     res = knn_search(
-        query, gallery, k=10, distance=distance, exclude_self=exclude_self, chunk_size=chunk_size
+        query,
+        None if exclude_self else gallery,  # a set against itself: the symmetric search
+        k=10,
+        distance=distance,
+        exclude_self=exclude_self,
+        chunk_size=chunk_size,
+        backend=backend,
     )
     assert_matches_oracle(res, full, 10, exclude_self, tol=1e-4)
 

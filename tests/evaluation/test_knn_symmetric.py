@@ -89,3 +89,17 @@ def test_evaluate_leave_one_out_torch_equals_faiss():
     b = evaluate(x, labels, metrics=names, backend="faiss")
     for name in names:
         assert a[name] == pytest.approx(b[name], abs=1e-12)
+
+
+def test_symmetric_search_over_heap_budget_streams_instead(monkeypatch):
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(90, 8)).astype(np.float32)
+    labels = rng.integers(0, 4, size=90)
+    sym = search(x, None, 12, "cosine", True, labels)
+    calls = []
+    monkeypatch.setattr(knn, "_SYMMETRIC_HEAP_BUDGET", 8 * 90 * 13 - 1)  # one byte short
+    monkeypatch.setattr(knn, "_symmetric_candidates", lambda *a: calls.append(a) or iter(()))
+    streamed = search(x, None, 12, "cosine", True, labels)
+    assert not calls
+    for a, b in zip(sym, streamed, strict=True):
+        np.testing.assert_array_equal(a, b)

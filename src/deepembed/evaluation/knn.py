@@ -2,11 +2,12 @@
 
 Two ways to reach the same neighbours:
 
-* ``torch``: blocks of query rows against blocks of gallery rows (BLAS matrix products);
-  a running top-(k+1) per query is merged with each block, and only block entries better than
-  the running (k+1)-th enter the merge, so most of each block is rejected by one comparison.
-  Searching a set against itself (``gallery=None``) computes each block pair once and merges
-  it into the lists of both blocks' rows (the score matrix is symmetric): half the products.
+* ``torch``: blocks of query rows against blocks of gallery rows (BLAS matrix products),
+  each block merged into a running best k+1 per query. On CPU one fused pass per block does
+  the merge (numba kernels in ``_select``: a vector comparison with each row's worst kept
+  score, a heap insert for the rare winner), and a set searched against itself
+  (``gallery=None``) multiplies each block pair once and merges it into both blocks' rows:
+  half the products. On other devices ``topk`` merges the blocks.
 * ``faiss``: ``IndexFlatIP`` / ``IndexFlatL2`` / ``IndexBinaryFlat`` search for k+1.
 
 Both then order each list by (distance, gallery index). Where the (k+1)-th distance equals the
@@ -38,6 +39,7 @@ ArrayLike = np.ndarray | torch.Tensor
 _ROW_BUDGET = 1 << 25  # distance entries in one full-row block (128 MB of float32)
 _GALLERY_BLOCK = 4096  # gallery rows per streamed block: a 1024 x 4096 block stays in cache
 _PAIR_BLOCK = 1024  # rows per block of the symmetric search: 4 MB of dot products, in cache
+_SYMMETRIC_HEAP_BUDGET = 1 << 30  # bytes of (N, k + 1) heaps; beyond it, the streamed search
 _CPU_KERNELS = True  # merge on CPU with the fused numba kernels (tests turn it off)
 _FAISS_BLAS_MIN = 128_000  # faiss uses BLAS only when n_queries * dim >= this
 _FAISS_BINARY_BYTES = (4, 8, 16, 20, 32, 64)  # code sizes with specialised Hamming kernels
@@ -360,8 +362,9 @@ def _kernels(space: _Space) -> ModuleType | None:
 
 
 def _empty_heaps(n: int, k1: int) -> tuple[np.ndarray, np.ndarray]:
-    """(n, k1) heaps that any real candidate beats: scores -inf, columns past any index."""
-    return np.full((n, k1), -np.inf, np.float32), np.full((n, k1), np.iinfo(np.int64).max)
+    """(n, k1) heaps that any real candidate beats: float32 scores -inf, int32 columns past
+    any index (8 bytes a slot)."""
+    return np.full((n, k1), -np.inf, np.float32), np.full((n, k1), np.iinfo(np.int32).max)
 
 
 def _stream_candidates(
@@ -378,7 +381,7 @@ def _stream_candidates(
             scores = space.scores(q0, q1, g0, g1).numpy()  # (c, b)
             kernels.merge_rows(scores, vals_np, cols_np, q0, g0, exclude_self)
         kernels.sort_heaps(vals_np, cols_np)
-        return torch.from_numpy(vals_np), torch.from_numpy(cols_np)
+        return torch.from_numpy(vals_np), torch.from_numpy(cols_np.astype(np.int64))
     vals = cols = None
     for g0 in range(0, n_gallery, _GALLERY_BLOCK):
         g1 = min(g0 + _GALLERY_BLOCK, n_gallery)
@@ -428,7 +431,7 @@ def _symmetric_candidates(
             kernels.merge_cols(rows_j, vals[j0:j1], cols[j0:j1], i0, j0, False)
         block_v, block_c = vals[i0:i1], cols[i0:i1]
         kernels.sort_heaps(block_v, block_c)
-        yield i0, i1, torch.from_numpy(block_v), torch.from_numpy(block_c)
+        yield i0, i1, torch.from_numpy(block_v), torch.from_numpy(block_c.astype(np.int64))
 
 
 def _faiss_candidates(
@@ -485,7 +488,7 @@ def _faiss_index(space: _Space) -> faiss.Index:
     return index
 
 
-def _resolve_backend(backend: str, space: _Space, full_ranking: bool) -> str:
+def _resolve_backend(backend: str, space: _Space, full_ranking: bool, same_set: bool) -> str:
     """The backend that will run for ``backend`` (see :func:`iter_knn`)."""
     if backend not in KNN_BACKENDS:
         raise EvaluationInputError(
@@ -498,9 +501,12 @@ def _resolve_backend(backend: str, space: _Space, full_ranking: bool) -> str:
     if space.distance == "hamming":
         return "torch" if backend == "auto" else backend
     if backend == "auto":
-        # measured (bench/evaluation.py, 60k x 128 leave-one-out, 2 cores): the torch search
-        # with the fused CPU merges, symmetric, beats faiss IndexFlat; on GPUs torch too
-        return "torch"
+        # measured on 2 cores, dim 128: a set against itself (gallery=None, 60k rows, the
+        # symmetric search with the fused merges) torch 7.2 s vs faiss IndexFlat 11.8 s; a
+        # separate gallery (14k x 12.6k, In-Shop size, no symmetry to use) faiss 0.57 s vs
+        # torch 0.86 s. GPUs use torch
+        cpu = space.query.device.type == "cpu"
+        return "faiss" if cpu and not same_set else "torch"
     return backend
 
 
@@ -522,8 +528,8 @@ def iter_knn(
 ) -> Iterator[KnnChunk]:
     """Exact k nearest gallery rows, yielded chunk by chunk of query rows.
 
-    Memory stays bounded: at most ``chunk_size x 4096`` scores while streaming (4096 x 4096
-    and the (Q, k + 1) running lists for the symmetric ``gallery=None`` search), and about
+    Memory stays bounded: at most ``chunk_size x 4096`` scores while streaming (1024 x 1024
+    and the (Q, k + 1) heaps, at most 1 GB, for the symmetric ``gallery=None`` search), and about
     32M distances (128 MB) per block of rows in the full-row pass; the (Q, G) matrix is never
     built. Runs on the device of ``query`` if it is a torch tensor, else on CPU, in float32.
     Ties are broken by lower gallery index, including which tied item makes the cut; the tied
@@ -540,8 +546,9 @@ def iter_knn(
             gets gallery row i. Requires Q == G.
         chunk_size: query rows per chunk (faiss gets at least 128000 / D rows, its BLAS
             threshold; the symmetric torch search with ``gallery=None`` uses its own blocks).
-        backend: "torch", "faiss" or "auto" (faiss for float data on CPU, torch on other
-            devices; measured in ``_resolve_backend``). Hamming distances and
+        backend: "torch", "faiss" or "auto" (on CPU: torch's symmetric search for a set
+            against itself, faiss with a separate gallery; torch on other devices; measured
+            in ``_resolve_backend``). Hamming distances and
             ``full_ranking`` use the exact full-row pass of torch (with "faiss", Hamming lists
             come from faiss and rows with a tie at the cut are redone by that pass).
         query_labels, gallery_labels: int labels (Q,), (G,): enable ``relevant_tied_beyond``
@@ -577,7 +584,7 @@ def iter_knn(
             torch.as_tensor(np.asarray(g_lab, np.int64), device=device),
         )
     k = min(k, n_gallery - 1 if exclude_self else n_gallery)
-    used = _resolve_backend(backend, space, full_ranking)
+    used = _resolve_backend(backend, space, full_ranking, gallery is None)
     exact_rows = used == "torch" and (distance == "hamming" or full_ranking)
     if k == 0:  # leave-one-out on a single row: no candidates at all
         none = np.zeros((n_query, 0))
@@ -627,7 +634,8 @@ def _candidate_chunks(
     streamed torch search."""
     n_query = space.query.shape[0]
     kernels = _kernels(space) if used == "torch" else None
-    if symmetric and kernels is not None:
+    heap_bytes = 8 * n_query * k1  # the symmetric search keeps every row's heap till the end
+    if symmetric and kernels is not None and heap_bytes <= _SYMMETRIC_HEAP_BUDGET:
         for q0, q1, scores, cols in _symmetric_candidates(space, k1, exclude_self, kernels):
             yield q0, q1, space.to_distance(scores, q0, q1), cols
         return
