@@ -5,7 +5,9 @@ batch size B and embedding dim D: the time of one forward + backward (miner incl
 median of --repeats after --warmup calls) and the peak memory it adds. Inputs: random
 L2-normalised float32 embeddings, labels P x K with K = 8 (B / 8 classes), one seed for all.
 The baseline is the (B, B) euclidean distance matrix and its backward: the least any pair
-loss has to do. Class losses get num_classes = B / 8 and embedding_size = D.
+loss has to do; for XBM, whose loss compares the batch with itself and its M = 2B memory
+rows, the (B, B + M) matrix it needs (the memory rows are constants). Class losses get
+num_classes = B / 8 and embedding_size = D.
 
 Memory. torch's CPU tensors come from malloc, invisible to tracemalloc, so each measurement
 runs in a fresh subprocess with glibc's MALLOC_MMAP_THRESHOLD_=65536: every large buffer is
@@ -179,9 +181,13 @@ def _build(spec: dict[str, Any]) -> Callable[[], None]:
     if side == "baseline":
         from deepembed.distances import pairwise_distance
 
+        # XBM's loss compares the batch with itself and the M = 2B memory rows (constants)
+        memory = F.normalize(torch.randn(spec["memory"], dim, generator=gen), dim=1)
+
         def run_baseline() -> None:
             e = emb.detach().requires_grad_(True)
-            pairwise_distance(e, kind="euclidean").sum().backward()
+            refs = torch.cat([e, memory]) if len(memory) else None
+            pairwise_distance(e, refs, kind="euclidean").sum().backward()
 
         return run_baseline
     combo = next(c for c in COMBOS if c.name == spec["combo"])
@@ -355,10 +361,12 @@ def main() -> None:
             continue
         for batch in args.sizes:
             for dim in args.dims:
-                key = (batch, dim)
+                memory = 2 * batch if combo.xbm else 0
+                key = (batch, dim, memory)
                 spec = {**common, "batch": batch, "dim": dim, "combo": combo.name}
                 if key not in baselines:
-                    baselines[key] = measure({**spec, "side": "baseline"}, args.timeout)
+                    base_spec = {**spec, "side": "baseline", "memory": memory}
+                    baselines[key] = measure(base_spec, args.timeout)
                 base = baselines[key]
                 ours = measure({**spec, "side": "ours"}, args.timeout)
                 pml: dict | None = None
@@ -389,8 +397,8 @@ def main() -> None:
                     f"{row[5]:>8s} {row[6]:>9s} {row[7]:>8s} {row[8]:>8s}  {row[9]}",
                     flush=True,
                 )
-    print("\nbaseline ((B, B) distances + backward), ms: ", end="")
-    print(", ".join(f"B={b} D={d}: {_fmt(r, 'ms', 2)}" for (b, d), r in baselines.items()))
+    print("\nbaseline ((B, B + M) distances + backward; M = 2B memory rows for XBM), ms: ", end="")
+    print(", ".join(f"B={b} D={d} M={m}: {_fmt(r, 'ms', 2)}" for (b, d, m), r in baselines.items()))
     if args.markdown:
         print(f"\n{args.threads} threads; median of {args.repeats}; peak = RSS growth of one call")
         print(
