@@ -15,8 +15,13 @@ then its own mmap, returned to the OS when freed, and the resident set size (RSS
 the live tensors. After the warm-up the worker resets the kernel's RSS high-water mark
 (writing 5 to /proc/self/clear_refs), notes the RSS, runs one call and reads the high-water
 mark (VmHWM) again: the difference is the peak growth of that call, everything it allocates
-at once (autograd saved tensors, masks, gradients), in MiB. The times are then taken after
-switching malloc back to reusing its heap (mallopt), as a normal process would. A watchdog
+at once (autograd saved tensors, masks, gradients), in MiB.
+
+Time. The machine is shared and its speed drifts between runs, so the times come from one
+more subprocess that builds ours, PML's and the baseline together and interleaves them:
+repeat r runs each side once, in an order rotated by r; each side's median is reported.
+malloc is switched back to reusing its heap (mallopt) first, as a normal process would. A
+watchdog
 thread stops a worker whose RSS passes --mem-budget, and --timeout bounds its time; PML
 configurations that build (B, B, B) masks (all triplets: triplet, semi-hard mining, margin,
 soft-margin triplet) are skipped up front when ~2 B^3 bytes exceed the budget (69e9
@@ -248,10 +253,35 @@ def _fast_malloc() -> None:
         libc.mallopt(-3, 1 << 30)  # M_MMAP_THRESHOLD: heap (not mmap) up to 1 GiB
 
 
+def paired_worker(spec: dict[str, Any]) -> dict[str, float]:
+    """Time several sides of one configuration in this process, interleaved: repeat r runs
+    every side once, in an order rotated by r, so that a slow spell of this shared machine
+    hits all sides alike. Returns {side: median ms}."""
+    import torch
+
+    torch.set_num_threads(spec["threads"])
+    threading.Thread(target=_watchdog, args=(spec["budget_kib"],), daemon=True).start()
+    _fast_malloc()
+    steps = {side: _build({**spec, "side": side}) for side in spec["sides"]}
+    for step in steps.values():
+        for _ in range(spec["warmup"]):
+            step()
+    times: dict[str, list[float]] = {side: [] for side in steps}
+    order = list(steps)
+    for r in range(spec["repeats"]):
+        for side in order[r % len(order) :] + order[: r % len(order)]:
+            start = time.perf_counter()
+            steps[side]()
+            times[side].append(time.perf_counter() - start)
+    return {side: statistics.median(t) * 1e3 for side, t in times.items()}
+
+
 def worker(spec: dict[str, Any]) -> dict[str, float]:
     """Measure one configuration in this (fresh) process: peak MiB growth and median ms."""
     import torch
 
+    if "sides" in spec:
+        return paired_worker(spec)
     torch.set_num_threads(spec["threads"])
     threading.Thread(target=_watchdog, args=(spec["budget_kib"],), daemon=True).start()
     step = _build(spec)
@@ -375,6 +405,14 @@ def main() -> None:
                         pml = {"error": "skipped: O(B^3) > budget"}
                     else:
                         pml = measure({**spec, "side": "pml"}, args.timeout)
+                # the times: all sides again in one process, interleaved (see paired_worker)
+                res = {"ours": ours, "pml": pml, "baseline": base}
+                sides = [n for n, r in res.items() if r is not None and "ms" in r]
+                paired = measure({**spec, "sides": sides, "memory": memory}, args.timeout)
+                for name in sides:
+                    if name in paired:
+                        res[name] = {**res[name], "ms": paired[name]}  # type: ignore[dict-item]
+                ours, pml, base = res["ours"], res["pml"], res["baseline"]
                 ratio = (
                     f"{pml['ms'] / ours['ms']:.1f}" if pml and "ms" in pml and "ms" in ours else "-"
                 )

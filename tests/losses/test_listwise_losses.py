@@ -21,6 +21,7 @@ from deepembed.losses.listwise import (
     RankedListLoss,
 )
 from deepembed.miners import Pairs, Triplets
+from deepembed.miners.base import label_masks
 from deepembed.miners.pair import MultiSimilarityMiner
 from deepembed.miners.triplet import BatchHardMiner
 from tests.losses.oracle import (
@@ -566,3 +567,16 @@ def test_large_batch_keeps_quadratic_memory(cls: type[MetricLoss]) -> None:
     emb = torch.randn(batch, 8, generator=gen).requires_grad_(True)
     labels = torch.arange(batch // 4).repeat_interleave(4)[torch.randperm(batch, generator=gen)]
     assert_quadratic_memory(lambda: cls()(F.normalize(emb, dim=1), labels), emb)
+
+
+def test_npair_first_two_per_label_equals_first_pair_of_every_positive_pair() -> None:
+    # the O(B log B) choice without mining against the rule applied to all (B, B) pairs
+    for seed in range(100):
+        gen = torch.Generator().manual_seed(seed)
+        labels = torch.randint(
+            -3, 8, (int(torch.randint(1, 40, (1,), generator=gen)),), generator=gen
+        )
+        anchors, positives = torch.nonzero(label_masks(labels)[0], as_tuple=True)
+        expected = NPairLoss._one_pair_per_label(labels, anchors, positives)
+        got = NPairLoss._first_two_per_label(labels)
+        assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])

@@ -66,12 +66,13 @@ class NPairLoss(MetricLoss):
         self, embeddings: torch.Tensor, labels: torch.Tensor, mined: Pairs | Triplets | None
     ) -> torch.Tensor:
         if mined is None:
-            anchors, positives = torch.nonzero(label_masks(labels)[0], as_tuple=True)
-        elif isinstance(mined, Pairs):
-            anchors, positives = mined.anchor_pos, mined.positive
+            anchors, positives = self._first_two_per_label(labels)
         else:
-            anchors, positives = mined.anchor, mined.positive
-        anchors, positives = self._one_pair_per_label(labels, anchors, positives)
+            if isinstance(mined, Pairs):
+                anchors, positives = mined.anchor_pos, mined.positive
+            else:
+                anchors, positives = mined.anchor, mined.positive
+            anchors, positives = self._one_pair_per_label(labels, anchors, positives)
         loss = self.zero(embeddings)
         if len(anchors) > 0:
             x, y = embeddings[anchors], embeddings[positives]
@@ -83,6 +84,22 @@ class NPairLoss(MetricLoss):
         if self.l2_reg_weight:
             loss = loss + self.l2_reg_weight * embeddings.pow(2).sum(1).mean()
         return loss
+
+    @staticmethod
+    def _first_two_per_label(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first positive pair of each label in row-major order over the batch, which is
+        (its first image, its second), ordered by anchor: `_one_pair_per_label` of every
+        positive pair in O(B log B), without the (B, B) label mask. (N,), (N,)."""
+        order = torch.sort(labels, stable=True).indices  # grouped by label, batch order within
+        grouped = labels[order]
+        starts = torch.ones_like(grouped, dtype=torch.bool)
+        starts[1:] = grouped[1:] != grouped[:-1]
+        first = torch.nonzero(starts).squeeze(1)  # (L,) where each label's group begins
+        second = (first + 1).clamp_max(len(labels) - 1)
+        two = (first + 1 < len(labels)) & (grouped[second] == grouped[first])  # >= 2 images
+        anchors, positives = order[first[two]], order[second[two]]
+        by_anchor = anchors.argsort()
+        return anchors[by_anchor], positives[by_anchor]
 
     @staticmethod
     def _one_pair_per_label(

@@ -17,7 +17,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deepembed.distances import pairwise_similarity
 from deepembed.losses.base import LOSSES, ClassLoss
 from deepembed.miners.base import Pairs, Triplets
 
@@ -48,6 +47,7 @@ class ClassTableLoss(ClassLoss):
 
     loss_name: ClassVar[str] = "class loss"
     table_name: ClassVar[str] = "weight"
+    pool_scales: ClassVar[bool] = True  # pool(s * cos) = s * pool(cos) for s > 0
 
     def __init__(self, num_classes: int, embedding_size: int, per_class: int = 1) -> None:
         super().__init__(num_classes, embedding_size)
@@ -76,17 +76,26 @@ class ClassTableLoss(ClassLoss):
     def class_loss(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def class_cosine(self, embeddings: torch.Tensor) -> torch.Tensor:
-        """(B, C) cosine of each embedding to each class, a class's centres merged by `pool`."""
-        # (B, C * K): both sides L2-normalised; the table follows the input dtype (AMP, float64)
-        cos = pairwise_similarity(embeddings, self.table.to(embeddings.dtype))
-        if self.per_class == 1:
-            return cos
-        return self.pool(cos.view(len(embeddings), self.num_classes, self.per_class))
+    def class_cosine(
+        self, embeddings: torch.Tensor, scale: float | torch.Tensor = 1.0
+    ) -> torch.Tensor:
+        """(B, C) cosine of each embedding to each class, a class's centres merged by `pool`,
+        times `scale` (a number or (B, 1), applied to the (B, D) side: no (B, C) pass)."""
+        # both sides L2-normalised; the table follows the input dtype (AMP, float64)
+        unit = F.normalize(embeddings, dim=1)
+        scaled = not isinstance(scale, float) or scale != 1.0
+        early = scaled and (self.per_class == 1 or self.pool_scales)
+        if early:
+            unit = unit * scale
+        cos = unit @ F.normalize(self.table.to(embeddings.dtype), dim=1).T  # (B, C * K)
+        if self.per_class > 1:
+            cos = self.pool(cos.view(len(embeddings), self.num_classes, self.per_class))
+        return cos * scale if scaled and not early else cos
 
     def pool(self, cos: torch.Tensor) -> torch.Tensor:
-        """(B, C, K) -> (B, C): the nearest centre (sub-center ArcFace)."""
-        return cos.amax(dim=2)
+        """(B, C, K) -> (B, C): the nearest centre (sub-center ArcFace); its gradient goes to
+        that one centre (an index scatter, as PML's max), with any positive scale applied."""
+        return cos.max(dim=2).values
 
 
 class CosineSoftmaxLoss(ClassTableLoss):
@@ -95,17 +104,25 @@ class CosineSoftmaxLoss(ClassTableLoss):
     Subclasses give `target_logit` (the margin) and `logit_scale` (s, a number or (B, 1)).
     """
 
+    has_margin: ClassVar[bool] = True  # target_logit changes the target's cosine
+
     def class_loss(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        cos = self.class_cosine(embeddings)  # (B, C)
-        target = labels[:, None]  # (B, 1)
-        logits = cos.scatter(1, target, self.target_logit(cos.gather(1, target)))
-        return F.cross_entropy(logits * self.logit_scale(embeddings), labels)
+        scale = self.logit_scale(embeddings)
+        logits = self.class_cosine(embeddings, scale)  # (B, C) scale * cos
+        if self.has_margin:  # only the B target entries change: gather, modify, scatter
+            target = labels[:, None]  # (B, 1)
+            # (a (B, 1) scale can be 0 on a zero embedding, whose logits are all 0 anyway)
+            unscale = scale.clamp_min(1e-12) if isinstance(scale, torch.Tensor) else scale
+            cos = logits.gather(1, target) / unscale
+            logits = logits.scatter(1, target, self.target_logit(cos) * scale)
+        return F.cross_entropy(logits, labels)
 
     def target_logit(self, cos: torch.Tensor) -> torch.Tensor:
         """The target class's logit from its cosine (no margin by default)."""
         return cos
 
     def logit_scale(self, embeddings: torch.Tensor) -> float | torch.Tensor:
+        """s: a positive number, or (B, 1) positive values."""
         raise NotImplementedError
 
 
@@ -117,6 +134,8 @@ class NormalizedSoftmaxLoss(CosineSoftmaxLoss):
     Embeddings and class weights are L2-normalised (as PML's DotProductSimilarity does).
     `weight` is (num_classes, embedding_size), initialised N(0, 1) like PML's.
     """
+
+    has_margin = False
 
     def __init__(self, num_classes: int, embedding_size: int, temperature: float = 0.05) -> None:
         super().__init__(num_classes, embedding_size)

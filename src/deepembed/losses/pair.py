@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import FunctionCtx, once_differentiable
 
 from deepembed.distances import pairwise_distance, pairwise_similarity
 from deepembed.losses.base import LOSSES, MetricLoss
@@ -97,11 +100,46 @@ class ContrastiveLoss(MetricLoss):
     ) -> torch.Tensor:
         """The loss of anchors (B, D) against references (M, D) on (B, M) pair masks."""
         dist = pairwise_distance(embeddings, ref_emb, kind=self.distance)  # (B, M)
-        pos_loss = torch.relu(dist - self.pos_margin).masked_fill(~pos, 0.0)
-        neg_loss = torch.relu(self.neg_margin - dist).masked_fill(~neg, 0.0)
-        return mean_nonzero(pos_loss.sum(), (pos_loss > 0).sum(), embeddings) + mean_nonzero(
-            neg_loss.sum(), (neg_loss > 0).sum(), embeddings
+        pos_sum, pos_n, neg_sum, neg_n = _HingePairSums.apply(
+            dist, pos, neg, self.pos_margin, self.neg_margin
         )
+        return mean_nonzero(pos_sum, pos_n, embeddings) + mean_nonzero(neg_sum, neg_n, embeddings)
+
+
+class _HingePairSums(torch.autograd.Function):
+    """The contrastive loss's sums on a (B, M) distance matrix, in a few fused passes:
+    (sum of d - pos_margin over positives with d > pos_margin, their count, sum of
+    neg_margin - d over negatives with d < neg_margin, their count). The gradient w.r.t. d
+    is +1 on the active positives and -1 on the active negatives (times each sum's incoming
+    gradient), so only the two (B, M) bool masks are saved.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: FunctionCtx,
+        dist: torch.Tensor,
+        pos: torch.Tensor,
+        neg: torch.Tensor,
+        pos_margin: float,
+        neg_margin: float,
+    ) -> tuple[torch.Tensor, ...]:
+        pos_act = (dist > pos_margin).logical_and_(pos)  # (B, M) positives with a loss
+        neg_act = (dist < neg_margin).logical_and_(neg)  # (B, M) negatives with a loss
+        pos_n, neg_n = torch.count_nonzero(pos_act), torch.count_nonzero(neg_act)
+        pos_sum = torch.where(pos_act, dist, 0.0).sum() - pos_margin * pos_n
+        neg_sum = neg_margin * neg_n - torch.where(neg_act, dist, 0.0).sum()
+        ctx.save_for_backward(pos_act, neg_act)
+        ctx.mark_non_differentiable(pos_n, neg_n)
+        return pos_sum, pos_n, neg_sum, neg_n
+
+    @staticmethod
+    @once_differentiable
+    def backward(
+        ctx: Any, g_pos: torch.Tensor, _gp: Any, g_neg: torch.Tensor, _gn: Any
+    ) -> tuple[torch.Tensor | None, ...]:
+        pos_act, neg_act = ctx.saved_tensors
+        grad = torch.where(neg_act, -g_neg, torch.zeros_like(g_neg))  # (B, M)
+        return torch.where(pos_act, g_pos, grad), None, None, None, None
 
 
 @LOSSES.register("binomial_deviance")

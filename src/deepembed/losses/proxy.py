@@ -76,6 +76,8 @@ class SoftTripleLoss(CosineSoftmaxLoss):
         table = torch.empty(dim, rows)  # PML's layout: fan_in = rows
         return nn.init.kaiming_uniform_(table, a=math.sqrt(5)).T.contiguous()
 
+    pool_scales = False  # the softmax weights depend on the scale
+
     def pool(self, cos: torch.Tensor) -> torch.Tensor:
         """(B, C, K) -> (B, C): softmax(cos / gamma)-weighted mean of a class's centres."""
         return (F.softmax(cos / self.gamma, dim=2) * cos).sum(dim=2)
