@@ -87,15 +87,19 @@ class ClassTableLoss(ClassLoss):
         early = scaled and (self.per_class == 1 or self.pool_scales)
         if early:
             unit = unit * scale
-        cos = unit @ F.normalize(self.table.to(embeddings.dtype), dim=1).T  # (B, C * K)
-        if self.per_class > 1:
-            cos = self.pool(cos.view(len(embeddings), self.num_classes, self.per_class))
+        table = F.normalize(self.table.to(embeddings.dtype), dim=1)  # (C * K, D)
+        classes, per_class = self.num_classes, self.per_class
+        if per_class > 1:  # centre-major rows k * C + c: pooling then reduces a middle dim
+            table = table.view(classes, per_class, -1).transpose(0, 1).reshape(len(table), -1)
+        cos = unit @ table.T  # (B, C * K)
+        if per_class > 1:
+            cos = self.pool(cos.view(len(embeddings), per_class, classes))
         return cos * scale if scaled and not early else cos
 
     def pool(self, cos: torch.Tensor) -> torch.Tensor:
-        """(B, C, K) -> (B, C): the nearest centre (sub-center ArcFace); its gradient goes to
-        that one centre (an index scatter, as PML's max), with any positive scale applied."""
-        return cos.max(dim=2).values
+        """(B, K, C) -> (B, C), K centres per class: the nearest centre (sub-center ArcFace);
+        its gradient goes to that one centre (an index scatter, as PML's max)."""
+        return cos.max(dim=1).values
 
 
 class CosineSoftmaxLoss(ClassTableLoss):

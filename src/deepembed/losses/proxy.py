@@ -79,8 +79,11 @@ class SoftTripleLoss(CosineSoftmaxLoss):
     pool_scales = False  # the softmax weights depend on the scale
 
     def pool(self, cos: torch.Tensor) -> torch.Tensor:
-        """(B, C, K) -> (B, C): softmax(cos / gamma)-weighted mean of a class's centres."""
-        return (F.softmax(cos / self.gamma, dim=2) * cos).sum(dim=2)
+        """(B, K, C) -> (B, C): softmax(cos / gamma)-weighted mean of a class's K centres,
+        written out (torch's softmax over a short dim runs ~4x slower on CPU)."""
+        z = cos / self.gamma
+        weight = torch.exp(z - z.amax(dim=1, keepdim=True).detach())  # unnormalised softmax
+        return (weight * cos).sum(dim=1) / weight.sum(dim=1)
 
     def target_logit(self, cos: torch.Tensor) -> torch.Tensor:
         return cos - self.margin
