@@ -35,3 +35,20 @@ def pairwise_distance(
     if kind == "squared_euclidean":
         return sq
     raise ValueError(f"unknown distance {kind!r}; known: {', '.join(DISTANCES)}")
+
+
+def paired_distance(x: torch.Tensor, y: torch.Tensor, kind: str = "euclidean") -> torch.Tensor:
+    """Distances (T,) between matching rows x[t] and y[t], with the conventions of
+    :func:`pairwise_distance`: O(T D) instead of a whole matrix, for a few mined pairs.
+
+    A zero euclidean distance has a zero, finite gradient (the square root is taken of the
+    squared distance floored at 1e-30, which stops its gradient there).
+    """
+    if kind == "cosine":
+        return 1.0 - (F.normalize(x, dim=1) * F.normalize(y, dim=1)).sum(1)
+    sq = (x - y).pow(2).sum(1)
+    if kind == "squared_euclidean":
+        return sq
+    if kind == "euclidean":
+        return sq.clamp_min(1e-30).sqrt()
+    raise ValueError(f"unknown distance {kind!r}; known: {', '.join(DISTANCES)}")

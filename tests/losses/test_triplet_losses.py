@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from pytorch_metric_learning import losses as pml_losses
 
+from deepembed import losses, miners
+from deepembed.losses import triplet as triplet_module
 from deepembed.losses.triplet import RatioTripletLoss, SoftMarginTripletLoss
 from deepembed.miners import Triplets
 from deepembed.miners.triplet import BatchHardMiner
@@ -208,3 +210,24 @@ def test_smooth_bad_block_and_empty_mined(loss_class: type) -> None:
     loss = loss_class()(emb, labels, Triplets(empty, empty, empty))
     loss.backward()
     assert loss == 0 and emb.grad is not None and not emb.grad.any()
+
+
+@pytest.mark.parametrize("miner", ["batch_hard", "semi_hard", "random_negative"])
+@pytest.mark.parametrize("loss_name", ["triplet", "soft_margin_triplet", "ratio_triplet"])
+@pytest.mark.parametrize("distance", list(RAW_DISTANCES))
+def test_mined_triplets_per_pair_distances_equal_the_matrix_path(
+    monkeypatch: pytest.MonkeyPatch, miner: str, loss_name: str, distance: str
+) -> None:
+    # few mined triplets get their own distances (O(T D)); the (B, B) path is PML-checked
+    emb, labels = make_batch(BATCHES["uneven"], seed=3)
+    params = {} if miner == "random_negative" else {"distance": distance}
+    mined = miners.create(miner, **params)(emb, labels)
+    loss = losses.create(loss_name, distance=distance)
+    results = []
+    for below in (1, 10**9):  # 1: always per-pair distances; 10**9: always the matrix
+        monkeypatch.setattr(triplet_module, "PAIRED_BELOW", below)
+        e = emb.detach().requires_grad_(True)
+        value = loss(e, labels, mined)
+        value.backward()
+        results.append((value.detach(), e.grad))
+    torch.testing.assert_close(results[0], results[1])

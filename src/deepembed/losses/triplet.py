@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-from deepembed.distances import pairwise_distance
+from deepembed.distances import paired_distance, pairwise_distance
 from deepembed.losses.base import LOSSES, MetricLoss
 from deepembed.losses.functional import mean_nonzero
 from deepembed.miners.base import Pairs, Triplets, label_masks
@@ -20,6 +20,9 @@ ChunkTerms = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 TERM_GROUP = 64  # chunks' last dimension is padded to a multiple of this (with +inf d_an)
 
 PAIR_ELEMENTS = 2**22  # temporaries of the chunked all-triplet sums hold ~this many numbers
+# mined triplets get their own 2T distances, O(T D), when T * PAIRED_BELOW <= B^2; more get
+# the (B, B) matrix, whose BLAS product is far faster per entry
+PAIRED_BELOW = 32
 
 
 def sample_triplets(labels: torch.Tensor, per_anchor: int) -> Triplets:
@@ -52,13 +55,18 @@ class TripletFamilyLoss(MetricLoss):
     ) -> torch.Tensor:
         if isinstance(mined, Pairs):
             raise TypeError(f"{self.name} takes Triplets, not Pairs")
-        dist = pairwise_distance(embeddings, kind=self.distance)  # (B, B)
         if mined is None or mined.is_all:  # batch_all: the O(B^2)-memory all-triplet path
-            return self.all_triplets(dist, labels)
+            return self.all_triplets(pairwise_distance(embeddings, kind=self.distance), labels)
         if len(mined) == 0:
             return self.zero(embeddings)
-        anchor = mined.anchor
-        return self.mined_loss(dist[anchor, mined.positive] - dist[anchor, mined.negative])
+        a, p, n = mined.anchor, mined.positive, mined.negative
+        if len(mined) * PAIRED_BELOW <= len(embeddings) ** 2:  # few (batch-hard: B): O(T D)
+            anchor = embeddings[a]
+            d_ap = paired_distance(anchor, embeddings[p], self.distance)  # (T,)
+            d_an = paired_distance(anchor, embeddings[n], self.distance)
+            return self.mined_loss(d_ap - d_an)
+        dist = pairwise_distance(embeddings, kind=self.distance)  # (B, B)
+        return self.mined_loss(dist[a, p] - dist[a, n])
 
     def mined_loss(self, x: torch.Tensor) -> torch.Tensor:
         """The reduced loss of triplets with x = d_ap - d_an, shape (T,), T >= 1."""
