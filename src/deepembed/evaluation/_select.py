@@ -78,23 +78,6 @@ def _count_lanes(scores: np.ndarray, i: int, worst: np.ndarray, lane: np.ndarray
 
 
 @nb.njit(cache=True, nogil=True)
-def _count_lanes_at(scores: np.ndarray, i: int, worst: float, lane: np.ndarray) -> int:
-    """:func:`_count_lanes` against one threshold for the whole row."""
-    b = scores.shape[1]
-    full = b - b % _LANES
-    lane[:] = 0
-    for j0 in range(0, full, _LANES):
-        for lo in range(_LANES):
-            lane[lo] += scores[i, j0 + lo] >= worst
-    n = 0
-    for lo in range(_LANES):
-        n += lane[lo]
-    for j in range(full, b):
-        n += scores[i, j] >= worst
-    return n
-
-
-@nb.njit(cache=True, nogil=True)
 def _hit_columns(scores: np.ndarray, i: int, lane: np.ndarray, out: np.ndarray) -> int:
     """Columns of row i in the lanes that counted a hit, and the tail's, into ``out``;
     returns how many. The caller tests each against the live threshold."""
@@ -137,8 +120,10 @@ def merge_rows(
     for task in nb.prange((c + _ROWS - 1) // _ROWS):
         lane = np.empty(_LANES, dtype=np.int32)
         cand = np.empty(b, dtype=np.int64)
+        worst = np.empty(b, dtype=scores.dtype)  # the row's threshold, once per column
         for i in range(task * _ROWS, min(c, task * _ROWS + _ROWS)):
-            if _count_lanes_at(scores, i, vals[i, 0], lane) == 0:
+            worst[:] = vals[i, 0]
+            if _count_lanes(scores, i, worst, lane) == 0:
                 continue
             own = row0 + i if exclude_self else -1
             for h in range(_hit_columns(scores, i, lane, cand)):
