@@ -294,6 +294,8 @@ def worker(spec: dict[str, Any]) -> dict[str, float]:
     before = _status_kib("VmRSS")
     step()
     peak_mib = (_status_kib("VmHWM") - before) / 1024
+    if not spec.get("time", True):  # the times come from paired_worker
+        return {"peak_mb": peak_mib}
     _fast_malloc()
     for _ in range(spec["warmup"]):
         step()
@@ -394,25 +396,27 @@ def main() -> None:
                 memory = 2 * batch if combo.xbm else 0
                 key = (batch, dim, memory)
                 spec = {**common, "batch": batch, "dim": dim, "combo": combo.name}
-                if key not in baselines:
-                    base_spec = {**spec, "side": "baseline", "memory": memory}
+                if key not in baselines:  # memory of the baseline (its time: paired below)
+                    base_spec = {**spec, "side": "baseline", "memory": memory, "time": False}
                     baselines[key] = measure(base_spec, args.timeout)
                 base = baselines[key]
-                ours = measure({**spec, "side": "ours"}, args.timeout)
+                ours = measure({**spec, "side": "ours", "time": False}, args.timeout)
                 pml: dict | None = None
                 if combo.pml_loss is not None and not args.no_pml:
                     if combo.pml_cubic and 2 * batch**3 > budget:
                         pml = {"error": "skipped: O(B^3) > budget"}
                     else:
-                        pml = measure({**spec, "side": "pml"}, args.timeout)
+                        pml = measure({**spec, "side": "pml", "time": False}, args.timeout)
                 # the times: all sides again in one process, interleaved (see paired_worker)
                 res = {"ours": ours, "pml": pml, "baseline": base}
-                sides = [n for n, r in res.items() if r is not None and "ms" in r]
+                sides = [n for n, r in res.items() if r is not None and "peak_mb" in r]
                 paired = measure({**spec, "sides": sides, "memory": memory}, args.timeout)
                 for name in sides:
                     if name in paired:
                         res[name] = {**res[name], "ms": paired[name]}  # type: ignore[dict-item]
                 ours, pml, base = res["ours"], res["pml"], res["baseline"]
+                if "ms" in base:
+                    baselines[key] = base  # the latest paired time, for the summary line
                 ratio = (
                     f"{pml['ms'] / ours['ms']:.1f}" if pml and "ms" in pml and "ms" in ours else "-"
                 )

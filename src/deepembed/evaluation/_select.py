@@ -112,7 +112,7 @@ def merge_rows(
 
     Args:
         scores: (c, b) float32 scores of rows row0.. against columns col0...
-        vals, cols: (c, k1) float32 / int64 heaps of the block's rows.
+        vals, cols: (c, k1) float32 / int32 heaps of the block's rows.
         row0, col0: global indices of the block's first row and first column.
         exclude_self: never insert column row0 + i into row i.
     """
