@@ -9,8 +9,11 @@ or pick `distance="cosine"`.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import FunctionCtx, once_differentiable
 
 from deepembed.distances import DISTANCES, pairwise_distance
 from deepembed.losses.base import LOSSES, MetricLoss
@@ -312,13 +315,38 @@ class NCALoss(MetricLoss):
         logits = -self.softmax_scale * pairwise_distance(embeddings, ref_emb, kind=self.distance)
         # off-pair logits are -inf; a row with no pair at all gets a harmless uniform softmax
         fill = torch.where(candidates.any(1, keepdim=True), float("-inf"), 0.0)  # (B, 1)
-        prob = torch.softmax(torch.where(candidates, logits, fill), dim=1)  # (B, M) p_ij
+        total, kept = _NeighbourLogLoss.apply(torch.where(candidates, logits, fill), pos, weights)
+        return mean_nonzero(total, kept, embeddings)
+
+
+class _NeighbourLogLoss(torch.autograd.Function):
+    """(sum_i w_i * -log sum_{j in P(i)} softmax(z_i)_j over the kept rows, kept rows) for
+    logits z (B, M) and positive masks P (B, M); a row is kept when that probability did not
+    underflow to 0. The gradient is written out, dL_i/dz_ij = p_ij (1 - [j in P(i)] /
+    p_i(P)), two passes over the saved softmax instead of autograd's chain through it.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: FunctionCtx, logits: torch.Tensor, pos: torch.Tensor, weights: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        prob = torch.softmax(logits, dim=1)  # (B, M) p_ij
         pos_prob = torch.where(pos, prob, 0.0).sum(1)  # (B,) p(i's neighbour is a positive)
         kept = pos_prob > 0  # PML's rows: a positive whose probability did not underflow
         losses = -torch.log(torch.where(kept, pos_prob, 1.0))  # (B,); 0 off `kept`
-        if weights is not None:
-            losses = losses * weights
-        return mean_nonzero(losses.sum(), kept.sum(), embeddings)
+        weight = kept.to(logits.dtype) if weights is None else weights * kept
+        count = kept.sum()
+        ctx.save_for_backward(prob, pos, pos_prob, weight)
+        ctx.mark_non_differentiable(count)
+        return (losses * weight).sum(), count
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_total: torch.Tensor, _grad_count: Any) -> tuple[Any, ...]:
+        prob, pos, pos_prob, weight = ctx.saved_tensors
+        row = (grad_total * weight)[:, None]  # (B, 1); 0 on rows not kept
+        on_pos = row * (1.0 - 1.0 / pos_prob.clamp_min(torch.finfo(prob.dtype).tiny)[:, None])
+        return prob * torch.where(pos, on_pos, row), None, None
 
 
 @LOSSES.register("ranked_list")
