@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from deepembed.distances import unit_rows
 from deepembed.losses.base import LOSSES, ClassLoss
 from deepembed.miners.base import Pairs, Triplets
 
@@ -82,12 +83,12 @@ class ClassTableLoss(ClassLoss):
         """(B, C) cosine of each embedding to each class, a class's centres merged by `pool`,
         times `scale` (a number or (B, 1), applied to the (B, D) side: no (B, C) pass)."""
         # both sides L2-normalised; the table follows the input dtype (AMP, float64)
-        unit = F.normalize(embeddings, dim=1)
+        unit = unit_rows(embeddings)
         scaled = not isinstance(scale, float) or scale != 1.0
         early = scaled and (self.per_class == 1 or self.pool_scales)
         if early:
             unit = unit * scale
-        table = F.normalize(self.table.to(embeddings.dtype), dim=1)  # (C * K, D)
+        table = unit_rows(self.table.to(embeddings.dtype))  # (C * K, D)
         classes, per_class = self.num_classes, self.per_class
         if per_class > 1:  # centre-major rows k * C + c: pooling then reduces a middle dim
             table = table.view(classes, per_class, -1).transpose(0, 1).reshape(len(table), -1)
