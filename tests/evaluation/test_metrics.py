@@ -15,6 +15,7 @@ from deepembed.evaluation import (
     evaluator,
     groups_from_list,
     kmeans_assign,
+    knn,
     map_at_r,
     nmi,
     pairwise_f1,
@@ -131,6 +132,29 @@ def assert_all_match(got, want, names=ALL_RANK, tol=1e-9):
         assert got[name] == pytest.approx(want[name], abs=tol), name
 
 
+def backend_metrics(backend: str) -> tuple[str, ...]:
+    """The metrics a backend serves. "map" and "mrr" need every relevant item's place in the
+    whole ranking, which faiss's k-lists do not give: evaluate() takes them from torch's
+    full-row pass whatever the backend, so with them in the request faiss would never run."""
+    if backend == "faiss":
+        return tuple(n for n in ALL_RANK if n not in evaluator._FULL_RANKING)
+    return ALL_RANK
+
+
+@pytest.fixture
+def faiss_indexes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts the faiss indexes the k-NN search builds: proof that the faiss path ran."""
+    built: list[int] = []
+    build = knn._faiss_index
+
+    def spy(space: knn._Space) -> object:
+        built.append(1)
+        return build(space)
+
+    monkeypatch.setattr(knn, "_faiss_index", spy)
+    return built
+
+
 # ---------- evaluate() against the oracles ----------
 
 
@@ -148,14 +172,16 @@ def test_float_leave_one_out_matches_loops(seed):
 
 
 @pytest.mark.parametrize("backend", ["torch", "faiss"])
-def test_float_query_gallery_matches_loops(backend):
+def test_float_query_gallery_matches_loops(backend, faiss_indexes):
     rng = np.random.default_rng(1)
     g_labels = uneven_labels(rng)
     q_labels = uneven_labels(rng, sizes=(2, 1, 4, 3, 2, 2, 3))  # class 63 not in gallery
     gallery, query = clustered(rng, g_labels), clustered(rng, q_labels)
-    got = evaluate(query, q_labels, gallery, g_labels, metrics=ALL_RANK, backend=backend)
+    names = backend_metrics(backend)
+    got = evaluate(query, q_labels, gallery, g_labels, metrics=names, backend=backend)
+    assert bool(faiss_indexes) == (backend == "faiss")
     want, excluded = oracle(cosine_distances(query, gallery), q_labels, g_labels, False)
-    assert_all_match(got, want)
+    assert_all_match(got, want, names)
     assert excluded == 3
     assert (got["num_queries"], got["num_queries_excluded"]) == (len(q_labels) - 3, 3)
     assert got["protocol"] == "query-gallery"
@@ -163,7 +189,7 @@ def test_float_query_gallery_matches_loops(backend):
 
 @pytest.mark.parametrize("leave_one_out", [True, False])
 @pytest.mark.parametrize("backend", ["torch", "faiss"])
-def test_hamming_ties_give_expected_values(leave_one_out, backend):
+def test_hamming_ties_give_expected_values(leave_one_out, backend, faiss_indexes):
     # 3-bit codes: 8 distinct codes for 14 items, distances 0..3, so nearly every rank
     # metric cuts through a tie group; the oracle averages over every order inside groups
     rng = np.random.default_rng(5)
@@ -182,13 +208,14 @@ def test_hamming_ties_give_expected_values(leave_one_out, backend):
         q_labels,
         gallery,
         gal_labels,
-        metrics=ALL_RANK,
+        metrics=backend_metrics(backend),
         distance="hamming",
         backend=backend,
         chunk_size=3,
     )
+    assert bool(faiss_indexes) == (backend == "faiss")
     want, excluded = oracle(full, q_labels, g_labels, leave_one_out)
-    assert_all_match(got, want)
+    assert_all_match(got, want, backend_metrics(backend))
     assert got["num_queries_excluded"] == excluded == (0 if leave_one_out else 1)
     assert got["distance"] == "hamming" and got["ties"] == "expected"
 
