@@ -38,9 +38,10 @@ def make_batch(
 def value_and_grad(
     fn: Callable[[torch.Tensor], torch.Tensor], emb: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """fn(emb) and its gradient w.r.t. emb (zeros where the loss is a constant)."""
+    """fn(emb), in the dtype fn computed it in, and its gradient w.r.t. emb (zeros where the
+    loss is a constant)."""
     emb = emb.detach().clone().requires_grad_(True)
-    loss = torch.as_tensor(fn(emb), dtype=emb.dtype)
+    loss = torch.as_tensor(fn(emb))  # no cast: assert_same checks the dtype
     if loss.requires_grad:
         (grad,) = torch.autograd.grad(loss, emb, allow_unused=True)
         grad = torch.zeros_like(emb) if grad is None else grad
@@ -54,12 +55,13 @@ def assert_same(
     theirs: Callable[[torch.Tensor], torch.Tensor],
     emb: torch.Tensor,
 ) -> None:
-    """Loss value and gradient of two loss functions agree to 1e-5."""
+    """Loss value and gradient of two loss functions agree to 1e-5; ours is a float64 scalar
+    (computed in float64, not cast afterwards)."""
     value, grad = value_and_grad(ours, emb)
     exp_value, exp_grad = value_and_grad(theirs, emb)
     assert value.shape == ()
-    assert value.dtype == torch.float64
-    torch.testing.assert_close(value, exp_value, **TOL)
+    assert value.dtype == torch.float64, f"the loss is {value.dtype}, expected float64"
+    torch.testing.assert_close(value, exp_value.to(value.dtype), **TOL)
     torch.testing.assert_close(grad, exp_grad, **TOL)
 
 
