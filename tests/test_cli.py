@@ -15,6 +15,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from deepembed import data
+from deepembed import index as index_lib
 from deepembed.cli.main import app
 from deepembed.inference import Embeddings
 from tests.conftest import TINY_RUN
@@ -238,3 +239,71 @@ def test_console_script_exit_codes(tmp_path: Path) -> None:
     assert bad.stderr.strip() == f"error: embeddings file not found: {tmp_path / 'none.npz'}"
     usage = subprocess.run([script, "search"], capture_output=True, text=True, check=False)
     assert usage.returncode == 2  # missing argument: click's usage error
+
+
+@pytest.fixture(scope="module")
+def index_dir(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An index over the run's test embeddings (450 items), built by the CLI."""
+    out = tmp_path_factory.mktemp("search") / "index"
+    code, output = invoke("index", "build", trained_run / "embeddings" / "test.npz", "--out", out)
+    assert code == 0, output
+    return out
+
+
+@pytest.mark.parametrize("item", ["999999", "-1"])
+def test_search_by_unknown_id(index_dir: Path, item: str) -> None:
+    code, output = invoke("search", index_dir, "--id", item)
+    assert_user_error(code, output, f"no item with id {item}")
+
+
+@pytest.mark.parametrize("k", ["0", "-3"])
+def test_search_with_k_below_one(index_dir: Path, k: str) -> None:
+    code, output = invoke("search", index_dir, "--id", "0", "-k", k)
+    assert_user_error(code, output, f"-k must be at least 1, got {k}")
+
+
+@pytest.mark.parametrize("query", [[], ["--id", "0", "--image", "query.png"]])
+def test_search_needs_exactly_one_query(index_dir: Path, query: list[str]) -> None:
+    code, output = invoke("search", index_dir, *query)
+    assert_user_error(code, output, "give exactly one of --image FILE or --id N")
+
+
+# ---- unexpected failures: one line, exit code 1; DEEPEMBED_DEBUG=1 shows the traceback ----
+
+
+def failing_index_build(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """Make `index build` hit an unexpected error; returns an embeddings file to index."""
+
+    def boom(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("the disk is on fire")
+
+    monkeypatch.setattr(index_lib, "build", boom)
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(6, 4)).astype(np.float32)
+    labels = np.array([0, 0, 1, 1, 2, 2])
+    return Embeddings(vectors, labels=labels, ids=np.arange(6)).save(tmp_path / "e.npz")
+
+
+def test_unexpected_failure_is_one_line_and_exit_code_1(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("DEEPEMBED_DEBUG", raising=False)
+    embeddings = failing_index_build(monkeypatch, tmp_path)
+    result = runner.invoke(app, ["index", "build", str(embeddings), "--out", str(tmp_path / "i")])
+    assert result.exit_code == 1, result.output
+    lines = [line for line in result.output.strip().splitlines() if line.strip()]
+    assert lines == ["failed: RuntimeError: the disk is on fire (DEEPEMBED_DEBUG=1 for details)"], (
+        result.output
+    )
+    assert isinstance(result.exception, SystemExit)  # handled: no exception escapes
+    assert not (tmp_path / "i").exists()
+
+
+def test_debug_lets_the_exception_through(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("DEEPEMBED_DEBUG", "1")
+    embeddings = failing_index_build(monkeypatch, tmp_path)
+    result = runner.invoke(app, ["index", "build", str(embeddings), "--out", str(tmp_path / "i")])
+    assert result.exit_code == 1
+    assert isinstance(result.exception, RuntimeError), result.output
+    assert str(result.exception) == "the disk is on fire"
+    assert "failed:" not in result.output
