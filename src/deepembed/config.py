@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from deepembed.errors import ConfigError
+from deepembed.io import reading
 
 
 @dataclass
@@ -249,10 +250,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
-        try:
+        with reading(path, "valid YAML", ConfigError):
             data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
         if not isinstance(data, dict):
             raise ConfigError(f"config file {path} must hold a mapping of sections")
     extra = parse_overrides(overrides or [])

@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from deepembed.data.datasets import collate
 from deepembed.errors import DataError
-from deepembed.io import atomic_write
+from deepembed.io import atomic_write, load_npz, reading
 from deepembed.models.embedder import Embedder
 
 
@@ -53,21 +53,20 @@ class Embeddings:
 
     @classmethod
     def load(cls, path: str | Path) -> Embeddings:
-        """Read a file written by `save`; a missing or malformed file is a DataError."""
-        path = Path(path)
-        if not path.is_file():
+        """Read a file written by `save`; a missing, empty or damaged file is a DataError."""
+        if not Path(path).is_file():
             raise DataError(f"embeddings file not found: {path}")
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                names = json.loads(str(data["class_names"])) if "class_names" in data else {}
-                return cls(
-                    data["vectors"],
-                    data["labels"],
-                    data["ids"],
-                    {int(k): v for k, v in names.items()},
-                )
-        except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
-            raise DataError(f"{path} is not a deepembed embeddings file: {exc}") from exc
+        with (
+            reading(path, "a deepembed embeddings .npz file") as file,
+            load_npz(file) as data,
+        ):
+            names = json.loads(str(data["class_names"])) if "class_names" in data else {}
+            return cls(
+                data["vectors"],
+                data["labels"],
+                data["ids"],
+                {int(k): v for k, v in names.items()},
+            )
 
 
 def embed(

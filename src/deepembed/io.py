@@ -1,15 +1,27 @@
-"""Small file helpers: atomic writes, so an interrupted run never leaves a half-written file."""
+"""Small file helpers: atomic writes, so an interrupted run never leaves a half-written file,
+and `reading`, which turns a missing, empty, truncated or garbage file into one clear line."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
+import pickle
+import re
 import shutil
+import struct
 import tempfile
+import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+import yaml
+from safetensors import SafetensorError
+
+from deepembed.errors import DataError, UserError
 
 
 def atomic_write(path: Path, write: Callable[[Path], None], suffix: str = "") -> Path:
@@ -48,3 +60,72 @@ def atomic_dir(path: Path) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+# What parsers raise on a truncated or garbage file (numpy, zipfile, gzip, json, csv, yaml,
+# pickle, struct, safetensors). KeyError: an archive without an expected member.
+FORMAT_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    EOFError,
+    ValueError,
+    KeyError,
+    struct.error,
+    zipfile.BadZipFile,
+    csv.Error,
+    pickle.UnpicklingError,
+    yaml.YAMLError,
+    SafetensorError,
+)
+# What else unpickling random bytes raises (pickle opcodes build arbitrary objects).
+PICKLE_ERRORS: tuple[type[BaseException], ...] = (
+    AttributeError,
+    ImportError,
+    IndexError,
+    TypeError,
+)
+_CPP_LOCATION = re.compile(r"^Error in .*? at \S+:\d+: ")  # faiss's C++ exception prefix
+
+
+def problem(exc: BaseException, limit: int = 160) -> str:
+    """One short line saying what a parser complained about."""
+    text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+    text = _CPP_LOCATION.sub("", " ".join(text.split())) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+@contextmanager
+def reading(
+    path: str | Path,
+    what: str,
+    error: type[UserError] = DataError,
+    also: tuple[type[BaseException], ...] = (),
+) -> Iterator[Path]:
+    """Guard the reading of one file: damage becomes `error`, one line naming the file.
+
+    Before the block: a missing path -> "<path>: not found", an empty file -> "<path>: file
+    is empty". In the block: FORMAT_ERRORS (and `also`) -> "<path>: truncated or not <what>
+    (<the parser's complaint>)". UserErrors raised in the block pass through unchanged.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise error(f"{path}: not found")
+    if not path.is_file():
+        raise error(f"{path}: not a file")
+    if path.stat().st_size == 0:
+        raise error(f"{path}: file is empty")
+    try:
+        yield path
+    except UserError:
+        raise
+    except (*FORMAT_ERRORS, *also) as exc:
+        raise error(f"{path}: truncated or not {what} ({problem(exc)})") from exc
+
+
+def load_npz(path: Path) -> np.lib.npyio.NpzFile:
+    """np.load of an .npz archive, without pickles; anything else raises BadZipFile.
+
+    (np.load would take a non-zip file for a pickle and suggest loading it unsafely.)
+    """
+    if not zipfile.is_zipfile(path):
+        raise zipfile.BadZipFile("File is not a zip file")
+    return np.load(path, allow_pickle=False)

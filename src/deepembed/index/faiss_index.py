@@ -12,7 +12,7 @@ import faiss
 import numpy as np
 
 from deepembed.errors import DataError, ModelFormatError
-from deepembed.io import atomic_dir
+from deepembed.io import atomic_dir, load_npz, reading
 
 FORMAT_VERSION = 1
 METRICS = ("cosine", "euclidean")
@@ -96,14 +96,20 @@ class FlatIndex:
 
     @classmethod
     def load(cls, path: str | Path) -> FlatIndex:
-        """Open an index directory written by `save`."""
+        """Open an index directory written by `save`; damage is one line naming the file."""
         path = Path(path)
-        files = [path / n for n in ("meta.json", "index.faiss", "items.npz")]
+        if not path.is_dir():
+            raise ModelFormatError(f"{path}: index directory not found")
+        files = meta_file, faiss_file, items_file = [
+            path / n for n in ("meta.json", "index.faiss", "items.npz")
+        ]
         for f in files:
             if not f.is_file():
                 raise ModelFormatError(f"index directory {path} is incomplete: no {f.name}")
-        try:
-            meta = json.loads(files[0].read_text())
+        with reading(
+            meta_file, "an index meta.json", ModelFormatError, (AttributeError, TypeError)
+        ):
+            meta = json.loads(meta_file.read_text())
             if meta.get("format_version") != FORMAT_VERSION:
                 raise ModelFormatError(
                     f"index {path} has format_version {meta.get('format_version')}; "
@@ -111,13 +117,13 @@ class FlatIndex:
                 )
             index = cls(int(meta["dim"]), meta["metric"])
             index.class_names = {int(k): v for k, v in meta.get("class_names", {}).items()}
-            index.faiss = faiss.read_index(str(files[1]))
-            with np.load(files[2]) as items:
-                index.labels = dict(
-                    zip(items["ids"].tolist(), items["labels"].tolist(), strict=True)
-                )
-        except (json.JSONDecodeError, KeyError, RuntimeError, ValueError, OSError) as exc:
-            raise ModelFormatError(f"index {path} cannot be read: {exc}") from exc
+        with reading(faiss_file, "a faiss index file", ModelFormatError, (RuntimeError,)):
+            index.faiss = faiss.read_index(str(faiss_file))
+        with (
+            reading(items_file, "an index items .npz file", ModelFormatError),
+            load_npz(items_file) as items,
+        ):
+            index.labels = dict(zip(items["ids"].tolist(), items["labels"].tolist(), strict=True))
         if index.faiss.ntotal != len(index.labels) or index.faiss.d != index.dim:
             raise ModelFormatError(f"index {path} is inconsistent (count or dimension)")
         return index

@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from deepembed.errors import ModelFormatError
-from deepembed.io import atomic_dir
+from deepembed.io import atomic_dir, reading
 from deepembed.models.backbones import BACKBONES
 from deepembed.models.heads import EmbeddingHead
 
@@ -99,10 +99,8 @@ class Embedder(nn.Module):
         for required in (config_path, weights_path):
             if not required.is_file():
                 raise ModelFormatError(f"model directory {path} is incomplete: no {required.name}")
-        try:
+        with reading(config_path, "a model config.json", ModelFormatError):
             config = json.loads(config_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ModelFormatError(f"{config_path} is not valid JSON: {exc}") from exc
         if not isinstance(config, dict) or config.get("kind") != "deepembed.Embedder":
             raise ModelFormatError(f"{config_path} does not describe a deepembed model")
         version = config.pop("format_version", None)
@@ -111,9 +109,11 @@ class Embedder(nn.Module):
             raise ModelFormatError(
                 f"model {path} has format_version {version}; this deepembed reads {FORMAT_VERSION}"
             )
+        with reading(weights_path, "a safetensors weights file", ModelFormatError):
+            state = load_file(str(weights_path))
         try:
             model = cls(EmbedderSpec(**config))
-            model.load_state_dict(load_file(str(weights_path)))
+            model.load_state_dict(state)
         except (TypeError, RuntimeError, ValueError, OSError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelFormatError(f"model {path} cannot be loaded: {first}") from exc

@@ -14,21 +14,22 @@ import scipy.io
 from deepembed.data.datasets import ImageFileDataset
 from deepembed.data.sources.common import FileOptions, file_dataset, require
 from deepembed.errors import DataError
+from deepembed.io import reading
 
 TRAIN_CLASSES = range(1, 99)
+# loadmat's own error, and what a readable .mat of another layout raises
+MAT_ERRORS = (scipy.io.matlab.MatReadError, IndexError, TypeError)
 FIX = "download it by hand and place cars_annos.mat and car_ims/ there (deepembed data prepare)"
 
 
 def read_annotations(path: Path) -> tuple[list[str], np.ndarray, list[str]]:
     """(relative image paths, classes 1-196, class names) from cars_annos.mat."""
-    try:
+    with reading(path, "a Cars196 cars_annos.mat file", also=MAT_ERRORS):
         mat = scipy.io.loadmat(path, squeeze_me=True)
         annotations = np.atleast_1d(mat["annotations"])
         relative = [str(p) for p in np.atleast_1d(annotations["relative_im_path"])]
         classes = np.atleast_1d(annotations["class"]).astype(np.int64)
         names = [str(n) for n in np.atleast_1d(mat["class_names"])]
-    except (OSError, ValueError, KeyError, IndexError, TypeError) as exc:
-        raise DataError(f"{path} is not a Cars196 cars_annos.mat file: {exc}") from exc
     return relative, classes, names
 
 

@@ -26,6 +26,7 @@ import numpy as np
 
 from deepembed.data.datasets import TensorImageDataset
 from deepembed.errors import DataError
+from deepembed.io import PICKLE_ERRORS, load_npz, reading
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +40,8 @@ def _unpickle(path: Path) -> dict[bytes, object]:
     if not path.is_file():
         name = "cifar10" if "10-" in path.parent.name else "cifar100"
         raise DataError(f"missing CIFAR file {path}: {FIX.format(name=name)}")
-    try:
-        with path.open("rb") as f:
-            return pickle.load(f, encoding="bytes")
-    except (OSError, EOFError, pickle.UnpicklingError, ValueError) as exc:
-        raise DataError(f"cannot read CIFAR batch {path}: {exc}") from exc
+    with reading(path, "a CIFAR pickle", also=PICKLE_ERRORS), path.open("rb") as f:
+        return pickle.load(f, encoding="bytes")
 
 
 def _batch(path: Path, label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
@@ -103,12 +101,9 @@ def hash1k_split(labels: np.ndarray, n_query: int = 1000, n_train: int = 5000) -
 def _written_split(base: Path, name: str, labels: np.ndarray) -> dict[str, np.ndarray]:
     """The hash1k split recorded under `base`; drawn and written there on first use."""
     path = base / f"deepembed-{name}-split.npz"
-    if path.is_file():
-        try:
-            with np.load(path) as f:
-                split = {k: f[k] for k in HASH_SPLITS}
-        except (OSError, KeyError, ValueError) as exc:
-            raise DataError(f"cannot read the recorded split {path}: {exc}") from exc
+    if path.exists():
+        with reading(path, "a recorded split .npz file"), load_npz(path) as f:
+            split = {k: f[k] for k in HASH_SPLITS}
         if max(int(v.max(initial=-1)) for v in split.values()) >= len(labels):
             raise DataError(f"recorded split {path} does not match the {len(labels)} images")
         return split

