@@ -16,7 +16,15 @@ from deepembed.evaluation import evaluate
 from deepembed.inference import Embeddings, embed
 from deepembed.losses import ClassLoss
 from deepembed.models.embedder import Embedder
-from deepembed.training.trainer import build_objective, make_optimizer, open_splits, train
+from deepembed.training.trainer import (
+    build_model,
+    build_objective,
+    evaluate_embeddings,
+    make_optimizer,
+    open_splits,
+    seed_everything,
+    train,
+)
 from tests.conftest import TINY_RUN
 
 
@@ -24,6 +32,31 @@ def tiny_config(tmp_path: Path, *overrides: str) -> RunConfig:
     return load_config(
         "configs/mnist30.yaml", [f"output_dir={tmp_path}", "name=run", *TINY_RUN, *overrides]
     )
+
+
+def test_training_learns(tmp_path: Path) -> None:
+    """A short run lowers the loss and clearly beats the untrained model on the unseen
+    classes (measured, seed 0: loss 50.9 -> 44.0, MAP@R 0.133 -> 0.236). A trainer whose
+    optimizer never changes a weight, or that climbs the loss, fails here."""
+    config = tiny_config(
+        tmp_path,
+        "train.max_steps=15",
+        "sampler.images_per_class=8",
+        "data.augment=false",
+        "optim.lr=0.003",
+        "eval.metrics=[map@r]",
+    )
+    # the untrained baseline: the same seed, data and architecture, so the same initial
+    # weights as the run below starts from
+    seed_everything(config.train.seed)
+    splits = open_splits(config)
+    untrained = build_model(config, splits.train.image_shape)
+    baseline = evaluate_embeddings(embed(untrained, splits.query, progress=False), None, config)
+
+    result = train(config, progress=False)
+    losses = [h["loss"] for h in result.history]
+    assert losses[-1] < 0.95 * losses[0], losses
+    assert result.metrics["map@r"] > baseline["map@r"] + 0.05, (result.metrics, baseline)
 
 
 def test_class_loss_gets_classes_dim_and_its_own_learning_rate(tmp_path: Path) -> None:
