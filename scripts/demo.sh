@@ -9,7 +9,13 @@ run=runs/mnist30
 start=$(date +%s)
 step() { echo; echo "\$ deepembed $*"; "$de" "$@"; }
 
-step train configs/mnist30.yaml
+# A finished run is kept (train refuses to replace it without --overwrite): a second
+# `make demo` re-runs only the quick steps. `rm -rf runs/mnist30` to train again.
+if [ -f "$run/metrics.json" ]; then
+    echo "$run is already trained; keeping it (rm -rf $run, or train with --overwrite, to retrain)"
+else
+    step train configs/mnist30.yaml
+fi
 step evaluate "$run/embeddings/test.npz"
 step index build "$run/embeddings/test.npz"
 # One example query by item id (the first unseen-class item), and one by image file.
@@ -27,5 +33,5 @@ step plot tsne "$run/embeddings/test.npz"
 
 echo
 echo "demo finished in $(( $(date +%s) - start )) s. Results in $run/:"
-echo "  config.yaml (resolved config)  history.jsonl  metrics.json  model/  embeddings/"
-echo "  index/  tsne.png  query.png"
+echo "  config.yaml (resolved config)  history.jsonl  metrics.json  evaluation.json  model/"
+echo "  embeddings/  index/  tsne.png  query.png"

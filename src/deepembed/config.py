@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from deepembed.data.images import MAX_IMAGE_PIXELS
 from deepembed.errors import ConfigError
 from deepembed.io import reading
 
@@ -29,7 +30,8 @@ class DataConfig:
     train_per_class: int = 0  # 0 = every training image; >0 caps each class (quick runs)
     augment: bool = True
     transform: str = "small"  # small (grey/small images) | imagenet224 (the literature's)
-    on_error: str = "fail"  # unreadable image files: fail | skip (with a summary)
+    on_error: str = "fail"  # unreadable image files: fail | skip (summary + skipped.txt)
+    max_image_pixels: int = MAX_IMAGE_PIXELS  # larger images are refused (decompression bombs)
     scan: bool = False  # header-check every image file when the dataset opens
     num_workers: int = 0
     val_classes: float = 0.0  # fraction of training classes held out to choose the checkpoint

@@ -24,6 +24,21 @@ from safetensors import SafetensorError
 from deepembed.errors import DataError, UserError
 
 
+def _read_umask() -> int:
+    umask = os.umask(0)  # the only way to read it is to set it: once, at import
+    os.umask(umask)
+    return umask
+
+
+_UMASK = _read_umask()
+
+
+def _umask_mode(base: int) -> int:
+    """`base` (0o666 files, 0o777 dirs) less the umask: what open()/mkdir() would give, where
+    mkstemp/mkdtemp give 0o600/0o700."""
+    return base & ~_UMASK
+
+
 def atomic_write(path: Path, write: Callable[[Path], None], suffix: str = "") -> Path:
     """Call write(tmp) on a temp file beside `path`, then rename it over `path`."""
     path = Path(path)
@@ -31,6 +46,7 @@ def atomic_write(path: Path, write: Callable[[Path], None], suffix: str = "") ->
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
+    tmp.chmod(_umask_mode(0o666))
     try:
         write(tmp)
         os.replace(tmp, path)
@@ -48,18 +64,23 @@ def write_json(path: Path, data: Any) -> Path:
 def atomic_dir(path: Path) -> Iterator[Path]:
     """Yield a temp directory beside `path`; on success it replaces `path` whole.
 
-    On error the temp directory is removed and an existing `path` is left as it was.
+    On error the temp directory is removed and an existing `path` is left as it was. The old
+    directory is renamed aside before the new one is renamed in, so at every instant one of
+    them is complete on disk.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    tmp.chmod(_umask_mode(0o777))
+    old = tmp.with_name(tmp.name + ".old")
     try:
         yield tmp
         if path.exists():
-            shutil.rmtree(path)
+            os.replace(path, old)
         os.replace(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
 
 
 # What parsers raise on a truncated or garbage file (numpy, zipfile, gzip, json, csv, yaml,

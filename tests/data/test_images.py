@@ -70,6 +70,30 @@ def test_load_time_policy(broken_folder: Path, caplog) -> None:
     assert np.allclose(image.numpy(), expected.numpy())
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_skip_log_records_each_file_once(broken_folder: Path, caplog, workers: int) -> None:
+    """With a skip log attached, skipped files are recorded once (across epochs and loader
+    workers, which are other processes) and nothing is logged per image."""
+    from torch.utils.data import DataLoader
+
+    dataset = data.open("folder", str(broken_folder), "all", transform="small", on_error="skip")
+    good = [i for i, p in enumerate(dataset.paths) if Path(p).name[0].isdigit()]
+    dataset = dataset.subset(
+        np.array([*good, *np.flatnonzero([p.endswith("truncated.jpg") for p in dataset.paths])])
+    )
+    dataset.skip_log = data.SkipLog(broken_folder / "skipped.txt")
+    subset = dataset.subset(np.arange(len(dataset)))  # the log rides along with subsets
+    assert subset.skip_log is dataset.skip_log
+    loader = DataLoader(subset, batch_size=3, num_workers=workers, collate_fn=data.collate)
+    with caplog.at_level(logging.WARNING):
+        for _ in range(2):  # two epochs: the file is found again, not recorded again
+            assert sum(len(labels) for _, labels in loader) == len(subset)
+    assert "skipping" not in caplog.text
+    entries = data.SkipLog(broken_folder / "skipped.txt").entries()
+    assert [Path(p).name for p in entries] == ["truncated.jpg"]
+    assert "cannot read image" in next(iter(entries.values()))
+
+
 def test_missing_listed_file(cub_root: Path) -> None:
     victim = next((cub_root / "CUB_200_2011" / "images").rglob("*.jpg"))
     victim.unlink()
@@ -102,15 +126,34 @@ def test_csv_rejects_escaping_paths(tmp_path: Path) -> None:
 def test_decompression_bombs_are_refused(tmp_path: Path, monkeypatch) -> None:
     path = write_image(tmp_path / "big.png", size=(200, 100))
     monkeypatch.setattr(images, "MAX_IMAGE_PIXELS", 10_000)
-    with pytest.raises(DataError, match=r"200x100 pixels exceeds the limit of 10000"):
+    message = r"200x100 pixels exceeds data.max_image_pixels=10000 .*raise data.max_image_pixels"
+    with pytest.raises(DataError, match=message):
         load_image(path)
-    assert "exceeds the limit" in check_image(path)
+    assert "exceeds data.max_image_pixels=10000" in check_image(path)
     assert load_image(path, max_pixels=20_000).size == (200, 100)
-    # PIL's own bomb error (an image beyond twice its limit) is refused too
-    monkeypatch.setattr(images, "MAX_IMAGE_PIXELS", 10**9)
+    # PIL's own bomb check (beyond twice its limit) gives the same refusal naming the key ...
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 5_000)
-    with pytest.raises(DataError, match="DecompressionBomb"):
+    with pytest.raises(DataError, match=r"exceeds data.max_image_pixels=10000"):
         load_image(path)
+    # ... and a limit the user raised above PIL's lifts PIL's check (it would refuse first)
+    assert load_image(path, max_pixels=10**6).size == (200, 100)
+    assert Image.MAX_IMAGE_PIXELS == 10**6
+
+
+def test_pixel_limit_reaches_every_item_of_a_dataset(tmp_path: Path) -> None:
+    write_image(tmp_path / "a" / "small.png", size=(20, 20))
+    write_image(tmp_path / "a" / "large.png", size=(60, 60))
+    write_image(tmp_path / "b" / "small.png", size=(20, 20))
+    dataset = data.open("folder", str(tmp_path), "all", transform="small", max_image_pixels=1000)
+    subset = dataset.subset(np.arange(len(dataset)))
+    large = [i for i, p in enumerate(subset.paths) if p.endswith("large.png")]
+    with pytest.raises(DataError, match=r"data\.max_image_pixels=1000"):
+        subset[large[0]]
+    with pytest.raises(DataError, match=r"1 of 3 files unusable.*data.max_image_pixels=1000"):
+        data.open("folder", str(tmp_path), "all", scan=True, max_image_pixels=1000)
+    assert len(data.open("folder", str(tmp_path), "all", scan=True)) == 3  # Pillow's default
+    with pytest.raises(DataError, match=r"data\.max_image_pixels must be >= 1"):
+        data.open("folder", str(tmp_path), "all", max_image_pixels=0)
 
 
 @pytest.mark.parametrize("mode", ["L", "RGBA", "P", "CMYK", "LA", "I;16", "1"])

@@ -39,7 +39,7 @@ def test_query_gallery_files_with_plot(tmp_path: Path) -> None:
     names = "recall@1,recall@4,map,mrr"
     code, output = invoke("evaluate", q_file, "--gallery", g_file, "--metrics", names, "--plot")
     assert code == 0, output
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    metrics = json.loads((tmp_path / "evaluation.json").read_text())
     want = evaluate(query, q_labels, gallery, g_labels, metrics=names.split(","))
     assert {k: metrics[k] for k in want} == pytest.approx(want)
     assert metrics["protocol"] == "query-gallery" and metrics["num_queries_excluded"] == 2
@@ -70,7 +70,7 @@ def test_model_and_dataset(tmp_path: Path) -> None:
         "evaluate", "--model", model_dir, "--eval-per-source", "20", "--metrics", "map@r", "-q"
     )
     assert code == 0, output
-    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    metrics = json.loads((tmp_path / "run" / "evaluation.json").read_text())
     items = data.open("mnist30", "", "test", 20)
     e = embed(Embedder.load(model_dir), items, progress=False)
     want = evaluate(e.vectors, e.labels, metrics=("map@r",))

@@ -540,7 +540,7 @@ PAIR_ONLY = [LiftedStructureLoss, GeneralizedLiftedStructureLoss, RankedListLoss
 @pytest.mark.parametrize("cls", PAIR_ONLY)
 def test_pair_losses_reject_triplets(cls: type[MetricLoss]) -> None:
     emb, labels = make_batch(BATCHES["balanced"], seed=70)
-    with pytest.raises(TypeError, match="Pairs, not Triplets"):
+    with pytest.raises(TypeError, match="takes Pairs, got Triplets"):
         cls()(emb, labels, BatchHardMiner()(emb, labels))
 
 

@@ -29,13 +29,23 @@ def train(
             help="[CONFIG.yaml] then overrides such as train.epochs=1 loss.name=triplet"
         ),
     ] = None,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite",
+            help="Replace an existing run directory (only once the new run has finished).",
+        ),
+    ] = False,
     quiet: Quiet = False,
 ) -> None:
-    """Train an embedding model; everything of the run lands in <output_dir>/<name>/."""
+    """Train an embedding model; everything of the run lands in <output_dir>/<name>/.
+
+    Every input is checked before anything is written; an existing run directory is refused
+    unless --overwrite, and a failed run leaves it as it was."""
     args = list(args or [])
     config_path = args.pop(0) if args and "=" not in args[0] else None
     config = load_config(config_path, args)
-    result = train_run(config, progress=progress_enabled(quiet))
+    result = train_run(config, progress=progress_enabled(quiet), overwrite=overwrite)
     typer.echo(
         format_metrics({k: v for k, v in result.metrics.items() if k in config.eval.metrics})
     )
@@ -98,15 +108,18 @@ def evaluate(
     ] = "cosine",
     backend: Annotated[str, typer.Option(help="k-NN backend: auto, torch or faiss.")] = "auto",
     out: Annotated[
-        Path | None, typer.Option(help="metrics.json path; default <run>/metrics.json")
+        Path | None,
+        typer.Option(
+            help="JSON path; default <run>/evaluation.json (training's metrics.json is kept)."
+        ),
     ] = None,
     plot: Annotated[
-        bool, typer.Option("--plot", help="Also write recall_at_k.png beside metrics.json.")
+        bool, typer.Option("--plot", help="Also write recall_at_k.png beside the JSON.")
     ] = False,
     quiet: Quiet = False,
 ) -> None:
     """Recall@K, MAP@R, mAP, NMI ... of embeddings (or of a model on a dataset); prints a
-    table, writes metrics.json."""
+    table, writes evaluation.json (never the run's metrics.json, which training wrote)."""
     sources: dict[str, str] = {}
     if model is not None:
         if embeddings is not None or gallery is not None:
@@ -147,7 +160,7 @@ def evaluate(
     )
     result = {**result, **sources}
     typer.echo(format_metrics(result))
-    path = write_json(out or default_dir / "metrics.json", result)
+    path = write_json(out or default_dir / "evaluation.json", result)
     typer.echo(f"metrics -> {path}")
     if plot:
         png = plot_recall_at_k(result, path.parent / "recall_at_k.png")

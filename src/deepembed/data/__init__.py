@@ -26,6 +26,7 @@ import torch
 from PIL import Image
 
 from deepembed.data.datasets import ImageFileDataset, TensorImageDataset, collate
+from deepembed.data.images import MAX_IMAGE_PIXELS, SkipLog
 from deepembed.data.samplers import DistributedPKSampler, HierarchicalPKSampler, PKSampler
 from deepembed.data.sources.cars import open_cars
 from deepembed.data.sources.cifar import open_cifar
@@ -77,6 +78,7 @@ def open(
     augment: bool = False,
     on_error: str = "fail",
     scan: bool = False,
+    max_image_pixels: int = MAX_IMAGE_PIXELS,
 ) -> Dataset:
     """Open split `split` of dataset `name` (see the module docstring for names and splits).
 
@@ -87,7 +89,8 @@ def open(
     callable PIL image -> tensor; `augment` picks the preset's training transform;
     `on_error` "fail" raises on the first missing/unreadable file, "skip" drops it and
     logs a summary (`dataset.problems`); `scan` header-checks every file now rather than
-    finding corrupt ones when they are loaded.
+    finding corrupt ones when they are loaded; images over `max_image_pixels` are refused
+    as decompression bombs.
     """
     if name == "mnist30":
         return open_class_disjoint(SOURCES, root, split, eval_per_source, seed)
@@ -98,7 +101,8 @@ def open(
     if name in FILE_READERS:
         if not root:
             raise DataError(f"dataset {name!r} needs a root directory (data.root / --root)")
-        return FILE_READERS[name](root, split, file_options(transform, augment, on_error, scan))
+        options = file_options(transform, augment, on_error, scan, max_image_pixels)
+        return FILE_READERS[name](root, split, options)
     raise DataError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
 
 
@@ -107,12 +111,14 @@ def file_options(
     augment: bool,
     on_error: str,
     scan: bool,
+    max_pixels: int = MAX_IMAGE_PIXELS,
 ) -> FileOptions:
     """FileOptions from `open`'s arguments: a preset name is built, with its output shape."""
     if isinstance(transform, str):
         size = PRESETS[transform].image_size if transform in PRESETS else 0
-        return FileOptions(on_error, build_transforms(transform, augment), (3, size, size), scan)
-    return FileOptions(on_error, transform, None, scan)
+        shape = (3, size, size)
+        return FileOptions(on_error, build_transforms(transform, augment), shape, scan, max_pixels)
+    return FileOptions(on_error, transform, None, scan, max_pixels)
 
 
 __all__ = [
@@ -122,6 +128,7 @@ __all__ = [
     "HierarchicalPKSampler",
     "ImageFileDataset",
     "PKSampler",
+    "SkipLog",
     "TensorImageDataset",
     "build_transforms",
     "collate",

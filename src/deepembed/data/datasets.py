@@ -16,7 +16,14 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from deepembed.data.images import ScanReport, check_on_error, load_image, scan_files
+from deepembed.data.images import (
+    MAX_IMAGE_PIXELS,
+    ScanReport,
+    SkipLog,
+    check_on_error,
+    load_image,
+    scan_files,
+)
 from deepembed.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -83,9 +90,12 @@ class ImageFileDataset(Dataset):
     `transform` maps an RGB PIL image to a (C, H, W) float tensor (a preset from
     `data.transforms.build_transforms`); `image_shape` is its output shape. `on_error`
     decides what a file that cannot be decoded at load time does: "fail" raises a
-    DataError naming it; "skip" logs it once and returns the next readable image of the
-    same class instead, so P x K batches keep their shape. `super_labels` (SOP) and
-    `problems` (files dropped at open time, with reasons) ride along with subsets.
+    DataError naming it; "skip" records it once and returns the next readable image of the
+    same class instead, so P x K batches keep their shape. Skipped files go to `skip_log`
+    when one is attached (the trainer's skipped.txt), else to one log warning per file and
+    process. Images over `max_pixels` are refused as decompression bombs. `super_labels`
+    (SOP), `problems` (files dropped at open time, with reasons) and `skip_log` ride along
+    with subsets.
     """
 
     def __init__(
@@ -100,6 +110,7 @@ class ImageFileDataset(Dataset):
         super_labels: np.ndarray | None = None,
         super_class_names: dict[int, str] | None = None,
         problems: ScanReport | None = None,
+        max_pixels: int = MAX_IMAGE_PIXELS,
     ) -> None:
         if len(paths) != len(labels):
             raise ValueError(f"{len(paths)} paths but {len(labels)} labels")
@@ -114,13 +125,15 @@ class ImageFileDataset(Dataset):
         self._image_shape = image_shape
         self.on_error = check_on_error(on_error)
         self.problems = problems or ScanReport(checked=len(labels))
+        self.max_pixels = max_pixels
+        self.skip_log: SkipLog | None = None
         self._bad: set[int] = set()  # rows found unreadable in this process
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def _decode(self, index: int) -> torch.Tensor:
-        image = load_image(self.paths[index])
+        image = load_image(self.paths[index], self.max_pixels)
         if self.transform is None:  # no preset: plain (3, H, W) float, sizes may differ
             return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).float() / 255.0
         return self.transform(image)
@@ -129,12 +142,11 @@ class ImageFileDataset(Dataset):
         label = int(self.labels[index])
         try:
             return self._decode(index), label
-        except DataError:
+        except DataError as exc:
             if self.on_error == "fail":
                 raise
-        # skip: log once, then walk the class's other rows (cyclically) to a readable one
-        self._bad.add(index)
-        log.warning("skipping unreadable image %s (on_error=skip)", self.paths[index])
+            self._skip(index, exc)
+        # skip: walk the class's other rows (cyclically) to a readable one
         rows = np.flatnonzero(self.labels == label)
         start = int(np.searchsorted(rows, index))
         for row in np.roll(rows, -start):
@@ -142,10 +154,19 @@ class ImageFileDataset(Dataset):
                 continue
             try:
                 return self._decode(int(row)), label
-            except DataError:
-                self._bad.add(int(row))
-                log.warning("skipping unreadable image %s (on_error=skip)", self.paths[row])
+            except DataError as exc:
+                self._skip(int(row), exc)
         raise DataError(f"no readable image left in class {label} ({self.paths[index]} ...)")
+
+    def _skip(self, row: int, error: DataError) -> None:
+        """Remember an unreadable row; record it in the skip log (or warn) once."""
+        if row in self._bad:
+            return
+        self._bad.add(row)
+        if self.skip_log is not None:
+            self.skip_log.record(str(self.paths[row]), str(error))
+        else:
+            log.warning("skipping unreadable image %s (on_error=skip)", self.paths[row])
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -172,7 +193,7 @@ class ImageFileDataset(Dataset):
         transform: Callable[[Image.Image], torch.Tensor] | None,
         image_shape: tuple[int, int, int] | None,
     ) -> ImageFileDataset:
-        return ImageFileDataset(
+        out = ImageFileDataset(
             self.paths[rows],
             self.labels[rows],
             self.class_names,
@@ -183,11 +204,14 @@ class ImageFileDataset(Dataset):
             None if self.super_labels is None else self.super_labels[rows],
             self.super_class_names,
             self.problems,
+            self.max_pixels,
         )
+        out.skip_log = self.skip_log
+        return out
 
     def scan(self, full: bool = False) -> ScanReport:
         """Check every file (PIL header check, or a full decode with `full`)."""
-        return scan_files(self.paths.tolist(), full=full)
+        return scan_files(self.paths.tolist(), full=full, max_pixels=self.max_pixels)
 
     def drop_unreadable(self, report: ScanReport) -> ImageFileDataset:
         """Apply the error policy to a scan: "fail" raises naming the files, "skip" drops them."""

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,8 +20,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from deepembed.errors import DataError
 
-# Largest image (width * height) that is decoded; larger ones are refused as bombs before any
-# pixel is read. PIL's own default (~89 Mpx, about 0.25 GiB RGB) is a sensible ceiling.
+# Largest image (width * height) decoded unless data.max_image_pixels says otherwise; larger
+# ones are refused as bombs before any pixel is read. Pillow's own default (~89 Mpx, about
+# 0.25 GiB RGB) is a sensible ceiling.
 MAX_IMAGE_PIXELS = 89_478_485
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
 ON_ERROR = ("fail", "skip")
@@ -70,6 +72,36 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV
 
 
+class ImageTooLargeError(DataError):
+    """An image over the pixel limit (decompression-bomb protection); names the config key."""
+
+    def __init__(self, path: str | os.PathLike[str], pixels: str, limit: int) -> None:
+        super().__init__(
+            f"refused {path}: {pixels} pixels exceeds data.max_image_pixels={limit} "
+            "(decompression-bomb protection; raise data.max_image_pixels to read it)"
+        )
+
+
+@contextmanager
+def open_checked(path: str | os.PathLike[str], limit: int) -> Iterator[Image.Image]:
+    """`Image.open(path)` with the pixel count checked against `limit` from the header, before
+    any pixel is decoded. Pillow's own bomb check is lifted to `limit` when that is higher
+    (the user asked for larger images) and otherwise reported as the same refusal."""
+    if Image.MAX_IMAGE_PIXELS is not None and limit > Image.MAX_IMAGE_PIXELS:
+        Image.MAX_IMAGE_PIXELS = limit
+    try:
+        with warnings.catch_warnings():
+            # PIL only warns between its limit and twice it: treat that as a refusal too
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(path)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageTooLargeError(path, f"more than {limit} ({exc})", limit) from exc
+    with image:
+        if image.width * image.height > limit:
+            raise ImageTooLargeError(path, f"{image.width}x{image.height}", limit)
+        yield image
+
+
 def load_image(path: str | os.PathLike[str], max_pixels: int | None = None) -> Image.Image:
     """Decode one image file to RGB (EXIF rotation applied); any problem is a DataError.
 
@@ -77,38 +109,31 @@ def load_image(path: str | os.PathLike[str], max_pixels: int | None = None) -> I
     """
     limit = MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
     try:
-        with warnings.catch_warnings():
-            # PIL only warns between its limit and twice it: treat that as a refusal too
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                if image.width * image.height > limit:
-                    raise DataError(
-                        f"refused {path}: {image.width}x{image.height} pixels exceeds the "
-                        f"limit of {limit} (a decompression bomb?)"
-                    )
-                image.load()  # raises on truncated or corrupt data
-                return to_rgb(ImageOps.exif_transpose(image))
+        with open_checked(path, limit) as image:
+            image.load()  # raises on truncated or corrupt data
+            return to_rgb(ImageOps.exif_transpose(image))
     except DataError:
         raise
-    except (*_DECODE_ERRORS, Image.DecompressionBombWarning) as exc:
+    except _DECODE_ERRORS as exc:
         raise DataError(f"cannot read image {path}: {type(exc).__name__}: {exc}") from exc
 
 
-def check_image(path: str | os.PathLike[str], full: bool = False) -> str | None:
+def check_image(
+    path: str | os.PathLike[str], full: bool = False, max_pixels: int | None = None
+) -> str | None:
     """Why `path` is not a usable image, or None. Cheap header check unless `full` decodes."""
     if not os.path.isfile(path):
         return "missing file"
+    limit = MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
     try:
         if full:
-            load_image(path)
+            load_image(path, limit)
             return None
-        with Image.open(path) as image:
-            if image.width * image.height > MAX_IMAGE_PIXELS:
-                return f"{image.width}x{image.height} pixels exceeds the limit (bomb?)"
+        with open_checked(path, limit) as image:
             image.verify()  # structure and checksums without decoding pixels
     except DataError as exc:
         return str(exc).removeprefix(f"cannot read image {path}: ")
-    except (*_DECODE_ERRORS, Image.DecompressionBombWarning) as exc:
+    except _DECODE_ERRORS as exc:
         return f"{type(exc).__name__}: {exc}"
     return None
 
@@ -129,12 +154,14 @@ class ScanReport:
         return f"{len(self.problems)} of {self.checked} files unusable: {head}{more}"
 
 
-def scan_files(paths: Iterable[str], full: bool = False) -> ScanReport:
+def scan_files(
+    paths: Iterable[str], full: bool = False, max_pixels: int | None = None
+) -> ScanReport:
     """Check every path (header check, or a full decode with `full`)."""
     report = ScanReport()
     for path in paths:
         report.checked += 1
-        reason = check_image(path, full=full)
+        reason = check_image(path, full=full, max_pixels=max_pixels)
         if reason is not None:
             report.problems.append((str(path), reason))
     return report
@@ -153,3 +180,36 @@ def missing_files(paths: Iterable[str]) -> ScanReport:
 def is_image_name(name: str) -> bool:
     """Whether a file name has a known image suffix (case-insensitive)."""
     return name.lower().endswith(IMAGE_SUFFIXES)
+
+
+class SkipLog:
+    """Images skipped under on_error=skip, each recorded once: "path<TAB>reason" lines.
+
+    Data-loader workers are separate processes, so records go to an append-only file that they
+    all share (a line is one small write); `entries()` reads it back without duplicates. The
+    trainer prints one summary line for new entries and leaves the file in the run directory.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._seen: set[str] | None = None  # paths this process knows are recorded
+
+    def record(self, path: str, reason: str) -> None:
+        """Append `path` unless it is already in the file."""
+        if self._seen is None:
+            self._seen = set(self.entries())
+        if path in self._seen:
+            return
+        self._seen.add(path)
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(f"{path}\t{' '.join(reason.split())}\n")
+
+    def entries(self) -> dict[str, str]:
+        """path -> reason, in the order first recorded."""
+        if not self.path.is_file():
+            return {}
+        out: dict[str, str] = {}
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            path, _, reason = line.partition("\t")
+            out.setdefault(path, reason)
+        return out

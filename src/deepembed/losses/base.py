@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import nn
 
@@ -14,7 +16,14 @@ class MetricLoss(nn.Module):
 
     `mined` restricts the loss to a miner's pairs or triplets; None uses every valid tuple
     of the batch. Subclasses implement `compute` with validated tensors on one device.
+
+    Each loss declares what it takes, so a trainer checks a configuration before running:
+    `accepts` lists the mined types it can be restricted to (empty: no miner), and
+    `needs_classes` says that it is built with `num_classes` and `embedding_size`.
     """
+
+    accepts: ClassVar[tuple[type, ...]] = ()
+    needs_classes: ClassVar[bool] = False
 
     def forward(
         self,
@@ -32,6 +41,8 @@ class MetricLoss(nn.Module):
         # Pairwise math in float32 at least: float16 exp/logsumexp would overflow.
         if embeddings.dtype in (torch.float16, torch.bfloat16):
             embeddings = embeddings.float()
+        if mined is not None and not isinstance(mined, self.accepts):
+            raise TypeError(f"{describe_accepts(type(self))}, got {type(mined).__name__}")
         return self.compute(embeddings, labels, mined)
 
     def compute(
@@ -52,6 +63,8 @@ class ClassLoss(MetricLoss):
     contiguous indices before training. The learned tensor is `proxies` (proxy losses) or
     `weight` (margin-softmax losses), shape (num_classes * per_class, embedding_size).
     """
+
+    needs_classes: ClassVar[bool] = True
 
     def __init__(self, num_classes: int, embedding_size: int) -> None:
         super().__init__()
@@ -79,6 +92,12 @@ class ClassLoss(MetricLoss):
                 f"[{int(labels.min())}, {int(labels.max())}]"
             )
         return super().forward(embeddings, labels, mined)
+
+
+def describe_accepts(loss_cls: type[MetricLoss]) -> str:
+    """What a loss class takes from a miner, in words: "TripletMarginLoss takes Triplets"."""
+    taken = " or ".join(t.__name__ for t in loss_cls.accepts) or "no mined tuples"
+    return f"{loss_cls.__name__} takes {taken}"
 
 
 LOSSES: Registry[MetricLoss] = Registry("loss")

@@ -60,6 +60,8 @@ class NPairLoss(MetricLoss):
     Complexity: O(B^2) to choose the pairs, O(N^2 D) for the logits.
     """
 
+    accepts = (Pairs, Triplets)
+
     def __init__(self, distance: str = "cosine", l2_reg_weight: float = 0.0) -> None:
         super().__init__()
         _check_distance("npair", distance, (*DISTANCES, "dot"))
@@ -155,6 +157,8 @@ class LiftedStructureLoss(MetricLoss):
     Complexity: O(B^2 D) time, O(B^2) memory.
     """
 
+    accepts = (Pairs,)
+
     def __init__(
         self, neg_margin: float = 1.0, pos_margin: float = 0.0, distance: str = "euclidean"
     ) -> None:
@@ -165,9 +169,7 @@ class LiftedStructureLoss(MetricLoss):
     def compute(
         self, embeddings: torch.Tensor, labels: torch.Tensor, mined: Pairs | Triplets | None
     ) -> torch.Tensor:
-        return self.pair_loss(
-            embeddings, embeddings, *pair_masks(labels, mined, "lifted_structure")
-        )
+        return self.pair_loss(embeddings, embeddings, *pair_masks(labels, mined))
 
     def pair_loss(
         self, embeddings: torch.Tensor, ref_emb: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor
@@ -222,6 +224,8 @@ class GeneralizedLiftedStructureLoss(MetricLoss):
     Complexity: O(B^2 D) time, O(B^2) memory.
     """
 
+    accepts = (Pairs,)
+
     def __init__(
         self, neg_margin: float = 1.0, pos_margin: float = 0.0, distance: str = "euclidean"
     ) -> None:
@@ -232,7 +236,7 @@ class GeneralizedLiftedStructureLoss(MetricLoss):
     def compute(
         self, embeddings: torch.Tensor, labels: torch.Tensor, mined: Pairs | Triplets | None
     ) -> torch.Tensor:
-        pos, neg = pair_masks(labels, mined, "generalized_lifted_structure")
+        pos, neg = pair_masks(labels, mined)
         return self.pair_loss(embeddings, embeddings, pos, neg)
 
     def pair_loss(
@@ -276,6 +280,8 @@ class NCALoss(MetricLoss):
 
     Complexity: O(B^2 D) time, O(B^2) memory.
     """
+
+    accepts = (Pairs, Triplets)
 
     def __init__(self, softmax_scale: float = 1.0, distance: str = "squared_euclidean") -> None:
         super().__init__()
@@ -384,6 +390,8 @@ class RankedListLoss(MetricLoss):
     Complexity: O(B^2 D) time, O(B^2) memory.
     """
 
+    accepts = (Pairs,)
+
     def __init__(
         self,
         margin: float = 0.4,
@@ -404,7 +412,7 @@ class RankedListLoss(MetricLoss):
     def compute(
         self, embeddings: torch.Tensor, labels: torch.Tensor, mined: Pairs | Triplets | None
     ) -> torch.Tensor:
-        pos, neg = pair_masks(labels, mined, "ranked_list")
+        pos, neg = pair_masks(labels, mined)
         dist = pairwise_distance(embeddings, kind=self.distance)  # (B, B)
         low = self.alpha - self.margin  # positives beyond it violate
         eps = _RLL_EPS * len(labels)

@@ -70,8 +70,6 @@ class ClassTableLoss(ClassLoss):
     def compute(
         self, embeddings: torch.Tensor, labels: torch.Tensor, mined: Pairs | Triplets | None
     ) -> torch.Tensor:
-        if mined is not None:
-            raise TypeError(f"{self.loss_name} takes no mined tuples, got {type(mined).__name__}")
         return self.class_loss(embeddings, labels)
 
     def class_loss(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -17,15 +17,13 @@ from deepembed.miners.base import Pairs, Triplets, label_masks
 
 
 def pair_masks(
-    labels: torch.Tensor, mined: Pairs | Triplets | None, loss_name: str
+    labels: torch.Tensor, mined: Pairs | Triplets | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, B) bool masks of the positive and negative pairs a pair loss uses.
 
     None means every pair of the batch (diagonal excluded); mined Pairs select a subset
-    (a pair listed twice counts once); Triplets are a TypeError.
+    (a pair listed twice counts once). The base class has already refused Triplets.
     """
-    if isinstance(mined, Triplets):
-        raise TypeError(f"{loss_name} takes Pairs, not Triplets")
     if mined is None:
         return label_masks(labels)
     return mined.masks(len(labels))
@@ -44,6 +42,8 @@ class MultiSimilarityLoss(MetricLoss):
                 + 1/beta  log(1 + sum_n exp( beta (S_in - base))), averaged over the batch.
     """
 
+    accepts = (Pairs,)
+
     def __init__(self, alpha: float = 2.0, beta: float = 50.0, base: float = 0.5) -> None:
         super().__init__()
         self.alpha, self.beta, self.base = alpha, beta, base
@@ -51,9 +51,7 @@ class MultiSimilarityLoss(MetricLoss):
     def compute(
         self, embeddings: torch.Tensor, labels: torch.Tensor, mined: Pairs | Triplets | None
     ) -> torch.Tensor:
-        return self.pair_loss(
-            embeddings, embeddings, *pair_masks(labels, mined, "multi_similarity")
-        )
+        return self.pair_loss(embeddings, embeddings, *pair_masks(labels, mined))
 
     def pair_loss(
         self, embeddings: torch.Tensor, ref_emb: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor
@@ -84,6 +82,8 @@ class ContrastiveLoss(MetricLoss):
     mined pairs are a set (PML counts a pair listed twice twice; our miners list each once).
     """
 
+    accepts = (Pairs,)
+
     def __init__(
         self, pos_margin: float = 0.0, neg_margin: float = 1.0, distance: str = "euclidean"
     ) -> None:
@@ -93,7 +93,7 @@ class ContrastiveLoss(MetricLoss):
     def compute(
         self, embeddings: torch.Tensor, labels: torch.Tensor, mined: Pairs | Triplets | None
     ) -> torch.Tensor:
-        return self.pair_loss(embeddings, embeddings, *pair_masks(labels, mined, "contrastive"))
+        return self.pair_loss(embeddings, embeddings, *pair_masks(labels, mined))
 
     def pair_loss(
         self, embeddings: torch.Tensor, ref_emb: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor
@@ -159,6 +159,8 @@ class BinomialDevianceLoss(MetricLoss):
     (BIER, Opitz et al. 2017). PML has no such loss. Time and memory O(B^2).
     """
 
+    accepts = (Pairs,)
+
     def __init__(self, alpha: float = 2.0, beta: float = 0.5, neg_cost: float = 25.0) -> None:
         super().__init__()
         self.alpha, self.beta, self.neg_cost = alpha, beta, neg_cost
@@ -166,9 +168,7 @@ class BinomialDevianceLoss(MetricLoss):
     def compute(
         self, embeddings: torch.Tensor, labels: torch.Tensor, mined: Pairs | Triplets | None
     ) -> torch.Tensor:
-        return self.pair_loss(
-            embeddings, embeddings, *pair_masks(labels, mined, "binomial_deviance")
-        )
+        return self.pair_loss(embeddings, embeddings, *pair_masks(labels, mined))
 
     def pair_loss(
         self, embeddings: torch.Tensor, ref_emb: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor
@@ -197,6 +197,8 @@ class CircleLoss(MetricLoss):
     Unlike PML, a batch whose pair lists all have at most one entry is not forced to 0.
     """
 
+    accepts = (Pairs,)
+
     def __init__(self, m: float = 0.4, gamma: float = 80.0) -> None:
         super().__init__()
         self.m, self.gamma = m, gamma
@@ -204,7 +206,7 @@ class CircleLoss(MetricLoss):
     def compute(
         self, embeddings: torch.Tensor, labels: torch.Tensor, mined: Pairs | Triplets | None
     ) -> torch.Tensor:
-        return self.pair_loss(embeddings, embeddings, *pair_masks(labels, mined, "circle"))
+        return self.pair_loss(embeddings, embeddings, *pair_masks(labels, mined))
 
     def pair_loss(
         self, embeddings: torch.Tensor, ref_emb: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor
@@ -246,6 +248,8 @@ class MarginLoss(MetricLoss):
             PML's nu * beta pulls it the other way, so cosine matches PML only at nu = 0.
     """
 
+    accepts = (Triplets,)
+
     def __init__(
         self,
         margin: float = 0.2,
@@ -277,8 +281,6 @@ class MarginLoss(MetricLoss):
     def compute(
         self, embeddings: torch.Tensor, labels: torch.Tensor, mined: Pairs | Triplets | None
     ) -> torch.Tensor:
-        if isinstance(mined, Pairs):
-            raise TypeError("margin takes Triplets, not Pairs")
         if self.num_classes is not None and labels.numel():
             low, high = int(labels.min()), int(labels.max())
             if low < 0 or high >= self.num_classes:

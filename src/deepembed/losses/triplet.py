@@ -46,6 +46,7 @@ class TripletFamilyLoss(MetricLoss):
     the mined triplets' x = d_ap - d_an (`mined_loss`) or every valid triplet (`all_triplets`).
     """
 
+    accepts = (Triplets,)
     name: ClassVar[str]
 
     def __init__(self, distance: str) -> None:
@@ -55,8 +56,6 @@ class TripletFamilyLoss(MetricLoss):
     def compute(
         self, embeddings: torch.Tensor, labels: torch.Tensor, mined: Pairs | Triplets | None
     ) -> torch.Tensor:
-        if isinstance(mined, Pairs):
-            raise TypeError(f"{self.name} takes Triplets, not Pairs")
         if mined is None or mined.is_all:  # batch_all: the O(B^2)-memory all-triplet path
             return self.all_triplets(pairwise_distance(embeddings, kind=self.distance), labels)
         if len(mined) == 0:

@@ -13,6 +13,13 @@ from deepembed.miners.base import MaskMiner, Miner, Pairs, Triplets
 ReferenceForm = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+def supports_memory(loss: MetricLoss | type[MetricLoss]) -> bool:
+    """Whether a loss (instance or class) can be used with a memory: a pair loss that offers
+    `pair_loss`, and not a class loss (its proxies already span every class)."""
+    cls = loss if isinstance(loss, type) else type(loss)
+    return callable(getattr(cls, "pair_loss", None)) and not issubclass(cls, ClassLoss)
+
+
 def reference_form(loss: MetricLoss) -> ReferenceForm:
     """The loss as a function of anchors, references and (B, M) pair masks.
 
@@ -22,9 +29,8 @@ def reference_form(loss: MetricLoss) -> ReferenceForm:
     circle, lifted_structure, generalized_lifted_structure, nca). Losses without one cannot
     use a memory.
     """
-    method = getattr(loss, "pair_loss", None)
-    if callable(method):
-        return method
+    if supports_memory(loss):
+        return loss.pair_loss  # type: ignore[attr-defined]
     raise TypeError(
         f"cross-batch memory needs a pair loss with a pair_loss(embeddings, ref_emb, pos, neg) "
         f"method; {type(loss).__name__} has none"
@@ -63,8 +69,6 @@ class CrossBatchMemory(MetricLoss):
         miner: Miner | None = None,
     ) -> None:
         super().__init__()
-        if isinstance(loss, ClassLoss):
-            raise TypeError(f"cross-batch memory needs a pair loss, not {type(loss).__name__}")
         self._reference_loss = reference_form(loss)
         if miner is not None and not isinstance(miner, MaskMiner):
             raise TypeError(
@@ -92,11 +96,6 @@ class CrossBatchMemory(MetricLoss):
     def compute(
         self, embeddings: torch.Tensor, labels: torch.Tensor, mined: Pairs | Triplets | None
     ) -> torch.Tensor:
-        if mined is not None:
-            raise TypeError(
-                f"cross-batch memory mines itself (give the miner to CrossBatchMemory), "
-                f"got {type(mined).__name__}"
-            )
         batch, dim = embeddings.shape
         if dim != self.embedding_size:
             raise ValueError(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -131,7 +132,13 @@ def _all_triplet_indices(
 
 
 class Miner(nn.Module):
-    """Chooses informative pairs or triplets of a batch; never part of the autograd graph."""
+    """Chooses informative pairs or triplets of a batch; never part of the autograd graph.
+
+    `produces` declares what it returns (Pairs or Triplets), so a loss/miner combination is
+    checked against the loss's `accepts` before anything runs.
+    """
+
+    produces: ClassVar[type[Pairs] | type[Triplets]]
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> Pairs | Triplets:
         with torch.no_grad():

@@ -16,6 +16,8 @@ class MultiSimilarityMiner(MaskMiner):
     `epsilon`, and positive pairs less similar than its most similar negative plus `epsilon`.
     """
 
+    produces = Pairs
+
     def __init__(self, epsilon: float = 0.1) -> None:
         super().__init__()
         self.epsilon = epsilon

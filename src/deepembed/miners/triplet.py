@@ -28,8 +28,14 @@ def _positive_slots(
     return a, p, slot, int(per_anchor.max()) if len(per_anchor) else 0
 
 
+class TripletMiner(MaskMiner):
+    """A miner that returns Triplets."""
+
+    produces = Triplets
+
+
 @MINERS.register("batch_all")
-class BatchAllMiner(MaskMiner):
+class BatchAllMiner(TripletMiner):
     """Every valid triplet of the batch (Hermans et al. 2017, "batch all").
 
     Returns lazy `Triplets.all_valid`: the triplet loss uses them as the whole batch in
@@ -51,7 +57,7 @@ class BatchAllMiner(MaskMiner):
 
 
 @MINERS.register("batch_hard")
-class BatchHardMiner(MaskMiner):
+class BatchHardMiner(TripletMiner):
     """For each anchor: its farthest positive and nearest negative (Hermans et al. 2017).
 
     Anchors without a positive or a negative in the batch give no triplet.
@@ -76,7 +82,7 @@ class BatchHardMiner(MaskMiner):
 
 
 @MINERS.register("hardest_negative")
-class HardestNegativeMiner(MaskMiner):
+class HardestNegativeMiner(TripletMiner):
     """For each positive pair (a, p): the anchor's nearest negative.
 
     The same as PML's BatchEasyHardMiner(pos_strategy="all", neg_strategy="hard"), whose
@@ -100,7 +106,7 @@ class HardestNegativeMiner(MaskMiner):
 
 
 @MINERS.register("semi_hard")
-class SemiHardMiner(MaskMiner):
+class SemiHardMiner(TripletMiner):
     """FaceNet's semi-hard negatives (Schroff et al. 2015), one per positive pair.
 
     For each positive pair (a, p): the nearest negative farther than the positive,
@@ -210,7 +216,7 @@ def sample_per_positive_pair(
     return Triplets(a, p, column[a, slot])
 
 
-class _SamplingMiner(MaskMiner):
+class _SamplingMiner(TripletMiner):
     """Base of the miners that draw one negative per positive pair from per-row weights."""
 
     def __init__(self, generator: torch.Generator | None = None) -> None:

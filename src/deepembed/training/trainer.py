@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 import random
@@ -17,19 +16,20 @@ from torch.optim import Adam
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from deepembed import data, losses, miners
+from deepembed import data
 from deepembed.config import RunConfig, save_config
 from deepembed.data.datasets import collate
 from deepembed.data.transforms import PRESETS, batch_augmentation
 from deepembed.errors import ConfigError
 from deepembed.evaluation import evaluate
 from deepembed.inference import Embeddings, embed
-from deepembed.io import write_json
+from deepembed.io import atomic_dir, write_json
 from deepembed.losses import MetricLoss
-from deepembed.losses.xbm import CrossBatchMemory
 from deepembed.miners import Miner
 from deepembed.models.embedder import Embedder, EmbedderSpec
 from deepembed.training.callbacks import BestCheckpoint, Callback, EvaluateCallback, TrainState
+from deepembed.training.objective import build_objective
+from deepembed.training.rundir import SkipReporter, attach_skip_log, check_run_dir
 
 
 @dataclass
@@ -80,20 +80,28 @@ def build_model(config: RunConfig, image_shape: tuple[int, int, int]) -> Embedde
     return Embedder(spec)
 
 
+SCHEDULES = ("cosine", "constant")
+
+
+def check_schedule(schedule: str) -> str:
+    """A known learning-rate schedule name, else a ConfigError naming optim.schedule."""
+    if schedule not in SCHEDULES:
+        raise ConfigError(
+            f"optim.schedule: unknown schedule {schedule!r}; known: {', '.join(SCHEDULES)}"
+        )
+    return schedule
+
+
 def make_scheduler(
     optimizer: torch.optim.Optimizer, schedule: str, total_steps: int
 ) -> torch.optim.lr_scheduler.LRScheduler:
     """Per-step learning-rate schedule: "cosine" decays to 0 over the run, "constant" keeps it."""
-    if schedule == "constant":
+    if check_schedule(schedule) == "constant":
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    if schedule == "cosine":
-        return torch.optim.lr_scheduler.LambdaLR(
-            optimizer,
-            lambda step: (
-                0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / max(1, total_steps)))
-            ),
-        )
-    raise ConfigError(f"optim.schedule: unknown schedule {schedule!r}; known: cosine, constant")
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / max(1, total_steps))),
+    )
 
 
 def cap_per_class(dataset: data.Dataset, per_class: int, seed: int) -> data.Dataset:
@@ -131,6 +139,7 @@ def open_split(config: RunConfig, split: str, train: bool = False) -> data.Datas
         augment=train,
         on_error=d.on_error,
         scan=d.scan,
+        max_image_pixels=d.max_image_pixels,
     )
 
 
@@ -195,29 +204,6 @@ def make_sampler(config: RunConfig, train_set: data.Dataset) -> data.PKSampler:
     )
 
 
-def build_objective(
-    config: RunConfig, num_classes: int, embedding_size: int
-) -> tuple[MetricLoss, Miner | None]:
-    """The configured loss and miner. Class-parameter losses get `num_classes` (training
-    classes) and `embedding_size` unless the config sets them; loss.memory_size > 0 wraps the
-    loss in a cross-batch memory, which then does the mining itself."""
-    params = dict(config.loss.params)
-    signature = inspect.signature(losses.LOSSES.get(config.loss.name)).parameters
-    for key, value in (("num_classes", num_classes), ("embedding_size", embedding_size)):
-        if (
-            key in signature
-            and key not in params
-            and signature[key].default is signature[key].empty
-        ):
-            params[key] = value
-    loss_fn = losses.create(config.loss.name, **params)
-    miner = miners.create(config.miner.name, **config.miner.params) if config.miner.name else None
-    if config.loss.memory_size > 0:
-        loss_fn = CrossBatchMemory(loss_fn, embedding_size, config.loss.memory_size, miner)
-        miner = None
-    return loss_fn, miner
-
-
 def make_optimizer(config: RunConfig, model: torch.nn.Module, loss_fn: MetricLoss) -> Adam:
     """Adam over the model and, at their own learning rate optim.loss_lr, the loss's learned
     parameters (proxies, class weights, margin beta)."""
@@ -228,8 +214,21 @@ def make_optimizer(config: RunConfig, model: torch.nn.Module, loss_fn: MetricLos
     return Adam(groups, lr=config.optim.lr, weight_decay=config.optim.weight_decay)
 
 
-def train(config: RunConfig, progress: bool = True) -> TrainResult:
-    """Train, select the checkpoint, evaluate on the test classes; all lands in config.run_dir."""
+@dataclass
+class Prepared:
+    """Everything a run needs, built and checked before anything is written."""
+
+    splits: Splits
+    model: Embedder
+    class_index: torch.Tensor  # (C,) sorted dataset labels of the training classes
+    loss_fn: MetricLoss
+    miner: Miner | None
+    sampler: data.PKSampler
+    device: torch.device
+
+
+def prepare(config: RunConfig) -> Prepared:
+    """Validate the config and open, build and check every part of the run, writing nothing."""
     if config.train.epochs < 1:
         raise ConfigError(f"train.epochs must be >= 1, got {config.train.epochs}")
     if config.data.val_classes > 0 and config.train.select not in config.eval.metrics:
@@ -237,23 +236,52 @@ def train(config: RunConfig, progress: bool = True) -> TrainResult:
             f"train.select={config.train.select!r} must be one of eval.metrics "
             f"({', '.join(config.eval.metrics)})"
         )
-    run_dir = config.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(config, run_dir / "config.yaml")
+    check_schedule(config.optim.schedule)
+    device = resolve_device(config.train.device)
     seed_everything(config.train.seed)
+    splits = open_splits(config)
+    model = build_model(config, splits.train.image_shape).to(device)
+    # dataset labels -> contiguous class indices 0..C-1 (class-parameter losses index by them)
+    class_index = torch.as_tensor(np.unique(splits.train.labels), device=device)
+    loss_fn, miner = build_objective(config, len(class_index), config.model.embedding_dim)
+    sampler = make_sampler(config, splits.train)
+    return Prepared(splits, model, class_index, loss_fn.to(device), miner, sampler, device)
+
+
+def train(config: RunConfig, progress: bool = True, overwrite: bool = False) -> TrainResult:
+    """Train, select the checkpoint, evaluate on the test classes; all lands in config.run_dir.
+
+    Every input is checked before anything is written. The run is written to a hidden
+    directory beside `config.run_dir` that replaces it only when the run has finished, so a
+    failed or interrupted run leaves an existing run directory as it was.
+    """
+    run_dir = config.run_dir
+    check_run_dir(run_dir, overwrite)
     if config.train.threads > 0:
         torch.set_num_threads(config.train.threads)
-    device = resolve_device(config.train.device)
+    ready = prepare(config)
+    with atomic_dir(run_dir) as stage:
+        save_config(config, stage / "config.yaml")
+        skip_log = attach_skip_log(ready.splits, stage / "skipped.txt")
+        skips = SkipReporter(skip_log, run_dir / "skipped.txt")
+        result = fit(config, ready, stage, skips, progress)
+    model_dir = run_dir / "model"
+    return TrainResult(run_dir, model_dir, result.metrics, result.history)
 
-    splits = open_splits(config)
+
+def fit(
+    config: RunConfig, ready: Prepared, run_dir: Path, skips: SkipReporter, progress: bool
+) -> TrainResult:
+    """The training loop and the final test, writing into `run_dir`."""
+    splits, model, device = ready.splits, ready.model, ready.device
     train_set, val_set = splits.train, splits.val
-    model = build_model(config, train_set.image_shape).to(device)
-    # dataset labels -> contiguous class indices 0..C-1 (class-parameter losses index by them)
-    class_index = torch.as_tensor(np.unique(train_set.labels), device=device)
-    loss_fn, miner = build_objective(config, len(class_index), config.model.embedding_dim)
-    loss_fn = loss_fn.to(device)
+    loss_fn, miner, sampler, class_index = (
+        ready.loss_fn,
+        ready.miner,
+        ready.sampler,
+        ready.class_index,
+    )
     optimizer = make_optimizer(config, model, loss_fn)
-    sampler = make_sampler(config, train_set)
     loader = DataLoader(
         train_set, batch_sampler=sampler, collate_fn=collate, num_workers=config.data.num_workers
     )
@@ -286,7 +314,6 @@ def train(config: RunConfig, progress: bool = True) -> TrainResult:
 
     history: list[dict[str, Any]] = []
     history_path = run_dir / "history.jsonl"
-    history_path.unlink(missing_ok=True)
     for epoch in range(config.train.epochs):
         sampler.set_epoch(epoch)
         model.train()
@@ -318,6 +345,7 @@ def train(config: RunConfig, progress: bool = True) -> TrainResult:
                 loss=f"{value:.4f}", img_s=f"{seen / (time.perf_counter() - start):.0f}"
             )
         bar.close()
+        skips.report()
         state = TrainState(model, epoch + 1, config.train.epochs, run_dir)
         state.record.update(
             epoch=epoch + 1,
@@ -326,6 +354,7 @@ def train(config: RunConfig, progress: bool = True) -> TrainResult:
         )
         for callback in callbacks:
             callback.on_epoch_end(state)
+        skips.report()
         history.append(state.record)
         with history_path.open("a") as f:
             f.write(json.dumps(state.record) + "\n")
@@ -339,6 +368,7 @@ def train(config: RunConfig, progress: bool = True) -> TrainResult:
     if splits.gallery is not None:
         gallery = embed(kept, splits.gallery, config.eval.batch_size, progress=progress)
         gallery.save(run_dir / "embeddings" / "gallery.npz")
+    skips.report()
     metrics = evaluate_embeddings(query, gallery, config)
     summary = {
         **metrics,

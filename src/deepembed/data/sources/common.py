@@ -12,7 +12,12 @@ import torch
 from PIL import Image
 
 from deepembed.data.datasets import ImageFileDataset
-from deepembed.data.images import check_on_error, missing_files, resolve_inside
+from deepembed.data.images import (
+    MAX_IMAGE_PIXELS,
+    check_on_error,
+    missing_files,
+    resolve_inside,
+)
 from deepembed.errors import DataError
 from deepembed.io import reading
 
@@ -26,15 +31,19 @@ class FileOptions:
     on_error: "fail" or "skip" for missing/unreadable files. transform: the per-item
     transform and its output shape. scan: header-check every file at open time (otherwise
     only existence is checked at open and decoding errors surface per item at load time).
+    max_pixels: larger images are refused as decompression bombs (data.max_image_pixels).
     """
 
     on_error: str = "fail"
     transform: Callable[[Image.Image], torch.Tensor] | None = None
     image_shape: tuple[int, int, int] | None = None
     scan: bool = False
+    max_pixels: int = MAX_IMAGE_PIXELS
 
     def __post_init__(self) -> None:
         check_on_error(self.on_error)
+        if self.max_pixels < 1:
+            raise DataError(f"data.max_image_pixels must be >= 1, got {self.max_pixels}")
 
 
 def require(path: Path, what: str, fix: str) -> Path:
@@ -92,6 +101,7 @@ def file_dataset(
         on_error=options.on_error,
         super_labels=super_labels,
         super_class_names=super_class_names,
+        max_pixels=options.max_pixels,
     )
     dataset = dataset.drop_unreadable(missing_files(paths))
     if options.scan:

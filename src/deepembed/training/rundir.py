@@ -1,0 +1,56 @@
+"""The run directory: never replaced by accident, and the one place skipped images are listed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tqdm.auto import tqdm
+
+from deepembed import data
+from deepembed.data.images import SkipLog
+from deepembed.errors import ConfigError
+
+if TYPE_CHECKING:
+    from deepembed.training.trainer import Splits
+
+
+def check_run_dir(run_dir: Path, overwrite: bool) -> None:
+    """Refuse to replace an existing run unless asked to."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"run directory {run_dir} exists and is not a directory")
+    if run_dir.is_dir() and any(run_dir.iterdir()) and not overwrite:
+        raise ConfigError(
+            f"run directory {run_dir} already exists; pass --overwrite to replace it (the old "
+            f"run stays until the new one finishes) or choose another name=..."
+        )
+
+
+def attach_skip_log(splits: Splits, path: Path) -> SkipLog:
+    """One skip log for every image-file split; files dropped at open time go in first."""
+    skip_log = SkipLog(path)
+    for dataset in (splits.train, splits.val, splits.query, splits.gallery):
+        if isinstance(dataset, data.ImageFileDataset):
+            dataset.skip_log = skip_log
+            for file, reason in dataset.problems.problems:
+                skip_log.record(file, reason)
+    return skip_log
+
+
+class SkipReporter:
+    """Prints one line for images newly skipped since the last report (never per image)."""
+
+    def __init__(self, skip_log: SkipLog, final_path: Path) -> None:
+        self.skip_log, self.final_path = skip_log, final_path
+        self.reported = len(skip_log.entries())  # open-time drops were reported by data.open
+
+    def report(self) -> None:
+        entries = list(self.skip_log.entries())
+        new = entries[self.reported :]
+        if new:
+            shown = ", ".join(new[:3]) + (", ..." if len(new) > 3 else "")
+            tqdm.write(
+                f"skipped {len(new)} unreadable image(s) (data.on_error=skip): {shown}; "
+                f"all listed in {self.final_path}"
+            )
+        self.reported = len(entries)
