@@ -8,6 +8,10 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -164,3 +168,21 @@ def test_skipped_images_are_reported_once_and_listed(tmp_path: Path) -> None:
     assert f"{run}/skipped.txt" in summaries[0] and "skipping" not in output
     listed = (run / "skipped.txt").read_text().splitlines()
     assert sorted(Path(line.split("\t")[0]).name for line in listed) == ["0.png", "1.png", "2.png"]
+
+
+def test_terminated_run_leaves_nothing_behind(finished: Path) -> None:
+    """SIGTERM (a scheduler's pre-emption) unwinds like Ctrl-C: exit 130, the staged run
+    directory removed, the finished run untouched."""
+    before = snapshot(finished.parent)
+    command = [str(Path(sys.executable).parent / "deepembed"), "train", "configs/mnist30.yaml"]
+    command += [f"output_dir={finished.parent}", f"name={finished.name}", "--overwrite", "-q"]
+    command += ["train.epochs=50", "data.train_per_class=40", "data.eval_per_source=150"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while not any(p.name.startswith(".tiny.") for p in finished.parent.iterdir()):
+        assert process.poll() is None and time.monotonic() < deadline, process.stdout.read()
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    output = process.communicate(timeout=60)[0].decode()
+    assert process.returncode == 130 and "interrupted" in output, output
+    assert snapshot(finished.parent) == before

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import signal
+from types import FrameType
+
 import typer
 
 from deepembed.cli.data import data_app
@@ -25,6 +28,11 @@ app.add_typer(plot_app, name="plot")
 app.add_typer(data_app, name="data")
 
 
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt  # SIGTERM unwinds like Ctrl-C: staged run dirs are cleaned up
+
+
 def main() -> None:
     """Entry point of the console script."""
+    signal.signal(signal.SIGTERM, _interrupt)
     app()
