@@ -5,6 +5,7 @@ Metric names accepted by :func:`evaluate` are documented in :data:`METRIC_NAMES`
 
 from __future__ import annotations
 
+from deepembed.evaluation.clustering import kmeans_assign
 from deepembed.evaluation.evaluator import DEFAULT_METRICS, METRIC_NAMES, evaluate
 from deepembed.evaluation.knn import (
     KNN_BACKENDS,
@@ -21,7 +22,6 @@ from deepembed.evaluation.metrics import (
     average_precision,
     clustering_scores,
     expected_hits,
-    kmeans_assign,
     knn_accuracy,
     map_at_k,
     map_at_r,

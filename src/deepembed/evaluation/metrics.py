@@ -10,12 +10,12 @@ be removed by the caller; their values are meaningless.
 
 from __future__ import annotations
 
-import faiss
 import numpy as np
 from scipy.special import digamma, gammaln
 from sklearn.metrics import adjusted_mutual_info_score, normalized_mutual_info_score
 from sklearn.metrics.cluster import contingency_matrix
 
+from deepembed.evaluation.clustering import kmeans_assign
 from deepembed.evaluation.ties import TieGroups
 
 
@@ -168,36 +168,6 @@ def knn_accuracy(neighbour_labels: np.ndarray, query_labels: np.ndarray, k: int)
     return (top[np.arange(n_query), winner] == np.asarray(query_labels)).astype(np.float64)
 
 
-def kmeans_assign(embeddings: np.ndarray, n_clusters: int, seed: int = 0) -> np.ndarray:
-    """Cluster index (N,) int64 of each row from k-means with ``n_clusters`` centroids.
-
-    Uses ``faiss.Kmeans`` (k-means++ initialisation, 20 Lloyd iterations, one run, seeded)
-    because it is much faster than scikit-learn on large embedding sets; k-means++ avoids
-    the merged clusters that random initialisation often gives. Points are assigned to their
-    nearest centroid.
-    """
-    x = np.ascontiguousarray(np.asarray(embeddings, dtype=np.float32))  # (N, D)
-    if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
-        raise ValueError(f"embeddings must be a non-empty 2-D array, got shape {x.shape}")
-    n_clusters = _check_k(n_clusters)
-    if n_clusters > x.shape[0]:
-        raise ValueError(f"cannot make {n_clusters} clusters from {x.shape[0]} points")
-    kmeans = faiss.Kmeans(
-        x.shape[1],
-        n_clusters,
-        niter=20,
-        nredo=1,
-        seed=int(seed),
-        verbose=False,
-        init_method=faiss.ClusteringInitMethod_KMEANS_PLUS_PLUS,
-        min_points_per_centroid=1,  # silence faiss's "too few points" warning
-        max_points_per_centroid=1 << 30,  # train on every point, no subsampling
-    )
-    kmeans.train(x)
-    _, assign = kmeans.index.search(x, 1)  # (N, 1) nearest centroid
-    return assign[:, 0].astype(np.int64)
-
-
 def pairwise_f1(labels: np.ndarray, clusters: np.ndarray) -> float:
     """F1 over pairs of items (Song et al., "Deep Metric Learning via Lifted Structured
     Feature Embedding", CVPR 2016): precision = same-class pairs among same-cluster pairs,
@@ -227,7 +197,8 @@ def clustering_scores(
     names: tuple[str, ...] = CLUSTER_METRICS,
     seed: int = 0,
 ) -> dict[str, float]:
-    """NMI, AMI and pairwise F1 of one seeded k-means run with as many clusters as classes.
+    """NMI, AMI and pairwise F1 of seeded k-means with as many clusters as classes (see
+    :mod:`deepembed.evaluation.clustering`: greedy k-means++, restarts, Lloyd to convergence).
 
     NMI and AMI are scikit-learn's (arithmetic normalisation); F1 is :func:`pairwise_f1`.
     """
