@@ -156,7 +156,9 @@ def evaluate(
     the tie groups of every relevant item from the same pass. Queries whose class has no item
     in the gallery are left out of every average and counted. Rank metrics are expected
     values over random orders of tied items (see :data:`METRIC_NAMES`). Clustering metrics
-    run one seeded k-means on the query rows (L2-normalised for cosine, -1/+1 for Hamming).
+    share one seeded k-means (greedy k-means++, restarts keeping the lowest inertia, see
+    :mod:`deepembed.evaluation.clustering`) of the query rows (L2-normalised for cosine,
+    -1/+1 for Hamming).
 
     Args:
         query: (Q, D) query embeddings (numpy or torch), or binary codes for Hamming.
