@@ -81,3 +81,37 @@ def test_resolved_config_round_trips(tmp_path: Path) -> None:
 
 def test_parse_overrides_nests() -> None:
     assert parse_overrides(["a.b.c=1", "a.d=x"]) == {"a": {"b": {"c": 1}, "d": "x"}}
+
+
+OUT_OF_RANGE = [
+    "data.eval_per_source=0",
+    "data.train_per_class=-1",
+    "data.on_error=ignore",
+    "data.max_image_pixels=0",
+    "data.num_workers=-1",
+    "data.val_classes=1.0",
+    "data.val_per_class=-1",
+    "sampler.classes_per_batch=1",
+    "sampler.images_per_class=0",
+    "sampler.super_classes_per_batch=-1",
+    "model.embedding_dim=0",
+    "optim.lr=0",
+    "optim.weight_decay=-0.1",
+    "optim.loss_lr=-1",
+    "train.epochs=0",
+    "train.max_steps=-1",
+    "train.eval_every=-1",
+    "train.threads=-2",
+    "eval.metrics=[]",
+    "eval.batch_size=0",
+]
+
+
+@pytest.mark.parametrize("override", OUT_OF_RANGE)
+def test_values_out_of_range_name_their_key(override: str) -> None:
+    key = override.partition("=")[0]
+    with pytest.raises(ConfigError, match=rf"^{key} must be .*, got "):
+        load_config(None, [override])
+    load_config(
+        None, [f"{key}={getattr(getattr(RunConfig(), key.split('.')[0]), key.split('.')[1])}"]
+    )

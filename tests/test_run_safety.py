@@ -92,6 +92,14 @@ BAD_TRAINS = {
         ["--overwrite", "loss.name=arcface", "loss.memory_size=64", "miner.name="],
         "loss.memory_size",
     ),
+    "unknown metric": (["--overwrite", "eval.metrics=[recall@1,nope]"], "eval.metrics"),
+    "unknown distance": (["--overwrite", "eval.distance=manhattan"], "eval.distance"),
+    "unknown transform": (["--overwrite", "data.transform=huge"], "data.transform"),
+    "no positive pairs": (["--overwrite", "sampler.images_per_class=1"], "images_per_class"),
+    "backbone parameters": (
+        ["--overwrite", "model.backbone_params.widths=[4]"],
+        "model.backbone_params",
+    ),
     "bad pixel limit": (
         ["--overwrite", "data.name=folder", "data.root={data}", "data.max_image_pixels=0"],
         "data.max_image_pixels",

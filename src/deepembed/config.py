@@ -15,9 +15,15 @@ from typing import Any
 
 import yaml
 
-from deepembed.data.images import MAX_IMAGE_PIXELS
+from deepembed.data.images import MAX_IMAGE_PIXELS, ON_ERROR
 from deepembed.errors import ConfigError
 from deepembed.io import reading
+
+
+def require(ok: bool, key: str, rule: str, value: Any) -> None:
+    """Raise ConfigError "<key> must be <rule>, got <value>" unless `ok`."""
+    if not ok:
+        raise ConfigError(f"{key} must be {rule}, got {value!r}")
 
 
 @dataclass
@@ -37,6 +43,15 @@ class DataConfig:
     val_classes: float = 0.0  # fraction of training classes held out to choose the checkpoint
     val_per_class: int = 0  # >0 caps each validation class (cheaper per-epoch evaluation)
 
+    def __post_init__(self) -> None:
+        require(self.eval_per_source >= 1, "data.eval_per_source", ">= 1", self.eval_per_source)
+        require(self.train_per_class >= 0, "data.train_per_class", ">= 0", self.train_per_class)
+        require(self.on_error in ON_ERROR, "data.on_error", " or ".join(ON_ERROR), self.on_error)
+        require(self.max_image_pixels >= 1, "data.max_image_pixels", ">= 1", self.max_image_pixels)
+        require(self.num_workers >= 0, "data.num_workers", ">= 0", self.num_workers)
+        require(0.0 <= self.val_classes < 1.0, "data.val_classes", "in [0, 1)", self.val_classes)
+        require(self.val_per_class >= 0, "data.val_per_class", ">= 0", self.val_per_class)
+
 
 @dataclass
 class SamplerConfig:
@@ -47,6 +62,12 @@ class SamplerConfig:
     small_classes: str = "repeat"  # classes with < K images: repeat (draw again) | drop
     super_classes_per_batch: int = 0  # > 0: draw a batch's classes within this many super-classes
 
+    def __post_init__(self) -> None:
+        p, k, supers = self.classes_per_batch, self.images_per_class, self.super_classes_per_batch
+        require(p >= 2, "sampler.classes_per_batch", ">= 2", p)
+        require(k >= 1, "sampler.images_per_class", ">= 1", k)
+        require(supers >= 0, "sampler.super_classes_per_batch", ">= 0", supers)
+
 
 @dataclass
 class ModelConfig:
@@ -56,6 +77,9 @@ class ModelConfig:
     backbone_params: dict[str, Any] = field(default_factory=dict)
     embedding_dim: int = 128
     normalize: bool = True
+
+    def __post_init__(self) -> None:
+        require(self.embedding_dim >= 1, "model.embedding_dim", ">= 1", self.embedding_dim)
 
 
 @dataclass
@@ -84,6 +108,11 @@ class OptimConfig:
     loss_lr: float = 1e-2  # learned loss parameters: proxies, class weights, margin beta
     schedule: str = "cosine"  # cosine (decay to 0 over the run, per step) | constant
 
+    def __post_init__(self) -> None:
+        require(self.lr > 0, "optim.lr", "> 0", self.lr)
+        require(self.weight_decay >= 0, "optim.weight_decay", ">= 0", self.weight_decay)
+        require(self.loss_lr >= 0, "optim.loss_lr", ">= 0", self.loss_lr)
+
 
 @dataclass
 class TrainConfig:
@@ -97,6 +126,12 @@ class TrainConfig:
     eval_every: int = 1  # epochs between evaluations (validation split, else test); 0 = at end
     threads: int = 0  # torch intra-op threads; 0 = torch's default
     select: str = "map@r"  # validation metric that picks the kept checkpoint (higher is better)
+
+    def __post_init__(self) -> None:
+        require(self.epochs >= 1, "train.epochs", ">= 1", self.epochs)
+        require(self.max_steps >= 0, "train.max_steps", ">= 0 (0: no cap)", self.max_steps)
+        require(self.eval_every >= 0, "train.eval_every", ">= 0 (0: at the end)", self.eval_every)
+        require(self.threads >= 0, "train.threads", ">= 0 (0: torch's default)", self.threads)
 
 
 @dataclass
@@ -116,6 +151,10 @@ class EvalConfig:
     )
     distance: str = "cosine"
     batch_size: int = 1024
+
+    def __post_init__(self) -> None:
+        require(bool(self.metrics), "eval.metrics", "a non-empty list", self.metrics)
+        require(self.batch_size >= 1, "eval.batch_size", ">= 1", self.batch_size)
 
 
 @dataclass

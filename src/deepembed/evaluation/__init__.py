@@ -6,7 +6,7 @@ Metric names accepted by :func:`evaluate` are documented in :data:`METRIC_NAMES`
 from __future__ import annotations
 
 from deepembed.evaluation.clustering import kmeans_assign
-from deepembed.evaluation.evaluator import DEFAULT_METRICS, METRIC_NAMES, evaluate
+from deepembed.evaluation.evaluator import DEFAULT_METRICS, METRIC_NAMES, evaluate, parse_metrics
 from deepembed.evaluation.knn import (
     KNN_BACKENDS,
     KNN_DISTANCES,
@@ -59,6 +59,7 @@ __all__ = [
     "map_at_r",
     "nmi",
     "pairwise_f1",
+    "parse_metrics",
     "precision_at_k",
     "r_precision",
     "recall_at_k",

@@ -46,7 +46,7 @@ _FULL_RANKING = ("map", "mrr")
 _METRIC_BLOCK = 1 << 20  # (rows x k) entries per block of per-query metric arrays
 
 
-def _parse_metrics(metrics: Sequence[str]) -> tuple[list[str], int]:
+def parse_metrics(metrics: Sequence[str]) -> tuple[list[str], int]:
     """Validated metric names in order, de-duplicated; the largest K of the @K metrics."""
     if isinstance(metrics, str):
         metrics = (metrics,)
@@ -185,7 +185,7 @@ def evaluate(
         ValueError: unknown metric, empty query or gallery, label/row count mismatch, bad
             embeddings, or no query with a relevant gallery item when rank metrics are asked.
     """
-    names, max_k = _parse_metrics(metrics)
+    names, max_k = parse_metrics(metrics)
     if primary_metric is not None and primary_metric not in names:
         raise EvaluationInputError(f"primary_metric {primary_metric!r} is not among the metrics")
     n_query = _rows(query, "query")

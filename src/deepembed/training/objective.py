@@ -25,6 +25,12 @@ def check_objective(config: RunConfig) -> None:
     miner_cls: type[Miner] | None = (
         miners.MINERS.get(miner_name) if miner_name else None  # type: ignore[assignment]
     )
+    per_class = config.sampler.images_per_class
+    if per_class < 2 and not loss_cls.needs_classes and config.loss.memory_size == 0:
+        raise ConfigError(
+            f"sampler.images_per_class={per_class} gives batches without positive pairs, "
+            f"which loss.name={loss_name!r} learns from; use sampler.images_per_class >= 2"
+        )
     if config.loss.memory_size > 0:
         if not supports_memory(loss_cls):
             usable = [n for n in losses.names() if supports_memory(losses.LOSSES.get(n))]

@@ -20,8 +20,9 @@ from deepembed import data
 from deepembed.config import RunConfig, save_config
 from deepembed.data.datasets import collate
 from deepembed.data.transforms import PRESETS, batch_augmentation
-from deepembed.errors import ConfigError
-from deepembed.evaluation import evaluate
+from deepembed.errors import ConfigError, UserError
+from deepembed.evaluation import evaluate, parse_metrics
+from deepembed.evaluation.knn import KNN_DISTANCES
 from deepembed.inference import Embeddings, embed
 from deepembed.io import atomic_dir, write_json
 from deepembed.losses import MetricLoss
@@ -227,20 +228,39 @@ class Prepared:
     device: torch.device
 
 
-def prepare(config: RunConfig) -> Prepared:
-    """Validate the config and open, build and check every part of the run, writing nothing."""
-    if config.train.epochs < 1:
-        raise ConfigError(f"train.epochs must be >= 1, got {config.train.epochs}")
+def check_names(config: RunConfig) -> None:
+    """The names other modules resolve late (metrics, distance, transform, schedule), now."""
+    try:
+        parse_metrics(config.eval.metrics)
+    except UserError as exc:
+        raise ConfigError(f"eval.metrics: {exc}") from exc
+    if config.eval.distance not in KNN_DISTANCES:
+        raise ConfigError(
+            f"eval.distance: unknown distance {config.eval.distance!r}; "
+            f"known: {', '.join(KNN_DISTANCES)}"
+        )
+    if config.data.transform not in PRESETS:
+        raise ConfigError(
+            f"data.transform: unknown preset {config.data.transform!r}; known: {', '.join(PRESETS)}"
+        )
     if config.data.val_classes > 0 and config.train.select not in config.eval.metrics:
         raise ConfigError(
             f"train.select={config.train.select!r} must be one of eval.metrics "
             f"({', '.join(config.eval.metrics)})"
         )
+
+
+def prepare(config: RunConfig) -> Prepared:
+    """Validate the config and open, build and check every part of the run, writing nothing."""
+    check_names(config)
     check_schedule(config.optim.schedule)
     device = resolve_device(config.train.device)
     seed_everything(config.train.seed)
     splits = open_splits(config)
-    model = build_model(config, splits.train.image_shape).to(device)
+    try:
+        model = build_model(config, splits.train.image_shape).to(device)
+    except (TypeError, ValueError) as exc:  # the backbone refused its parameters
+        raise ConfigError(f"model.backbone_params: {exc}") from exc
     # dataset labels -> contiguous class indices 0..C-1 (class-parameter losses index by them)
     class_index = torch.as_tensor(np.unique(splits.train.labels), device=device)
     loss_fn, miner = build_objective(config, len(class_index), config.model.embedding_dim)
