@@ -5,18 +5,15 @@ Metric names accepted by :func:`evaluate` are documented in :data:`METRIC_NAMES`
 
 from __future__ import annotations
 
-from deepembed.evaluation.clustering import kmeans_assign
-from deepembed.evaluation.evaluator import DEFAULT_METRICS, METRIC_NAMES, evaluate, parse_metrics
-from deepembed.evaluation.knn import (
-    KNN_BACKENDS,
-    KNN_DISTANCES,
+from deepembed.evaluation._knn_space import (
     EvaluationInputError,
     KnnChunk,
     KnnResult,
     as_sign_bits,
-    iter_knn,
-    knn_search,
 )
+from deepembed.evaluation.clustering import kmeans_assign
+from deepembed.evaluation.evaluator import DEFAULT_METRICS, METRIC_NAMES, evaluate, parse_metrics
+from deepembed.evaluation.knn import KNN_BACKENDS, KNN_DISTANCES, iter_knn, knn_search
 from deepembed.evaluation.metrics import (
     CLUSTER_METRICS,
     average_precision,

@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from deepembed.evaluation import metrics as m
-from deepembed.evaluation.knn import ArrayLike, EvaluationInputError, as_sign_bits, iter_knn
+from deepembed.evaluation._knn_space import ArrayLike, EvaluationInputError, as_sign_bits
+from deepembed.evaluation.knn import iter_knn
 from deepembed.evaluation.ties import TieGroups, groups_from_list
 
 DEFAULT_METRICS = ("recall@1", "recall@2", "recall@4", "recall@8", "map@r", "r_precision", "nmi")

@@ -20,21 +20,25 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
 from types import ModuleType
 
 import faiss
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from deepembed.errors import UserError
-from deepembed.evaluation.ties import TieGroups, groups_from_rows
+from deepembed.evaluation._knn_rows import _full_rows, _order_ties
+from deepembed.evaluation._knn_space import (
+    ArrayLike,
+    EvaluationInputError,
+    KnnChunk,
+    KnnResult,
+    _check_positive,
+    _prepare,
+    _Space,
+)
 
 KNN_DISTANCES = ("cosine", "inner_product", "euclidean", "squared_euclidean", "hamming")
 KNN_BACKENDS = ("auto", "torch", "faiss")
-
-ArrayLike = np.ndarray | torch.Tensor
 
 _ROW_BUDGET = 1 << 25  # distance entries in one full-row block (128 MB of float32)
 _GALLERY_BLOCK = 4096  # gallery rows per streamed block: a 1024 x 4096 block stays in cache
@@ -43,287 +47,6 @@ _SYMMETRIC_HEAP_BUDGET = 1 << 30  # bytes of (N, k + 1) heaps; beyond it, the st
 _CPU_KERNELS = True  # merge on CPU with the fused numba kernels (tests turn it off)
 _FAISS_BLAS_MIN = 128_000  # faiss uses BLAS only when n_queries * dim >= this
 _FAISS_BINARY_BYTES = (4, 8, 16, 20, 32, 64)  # code sizes with specialised Hamming kernels
-
-
-class EvaluationInputError(UserError, ValueError):
-    """Unusable evaluation input (empty set, bad shape, non-finite values, unknown name)."""
-
-
-@dataclass(frozen=True)
-class KnnResult:
-    """Neighbours of each query, nearest first.
-
-    Attributes:
-        distances: (Q, k) float32 distances, ascending along each row.
-        indices: (Q, k) int64 gallery row indices matching ``distances``.
-    """
-
-    distances: np.ndarray
-    indices: np.ndarray
-
-
-@dataclass(frozen=True)
-class KnnChunk:
-    """Neighbours of query rows ``start .. start + c - 1`` and what rank metrics need on ties.
-
-    Attributes:
-        start: first query row of the chunk.
-        distances: (c, k) float32, ascending; ties ordered by gallery index.
-        indices: (c, k) int64 gallery rows.
-        tied_beyond: (c,) gallery items outside the list at the distance of its last item.
-        relevant_tied_beyond: (c,) how many of those share the query's label (0 without labels).
-        relevant_groups: tie groups of all relevant items over the whole ranking (only when
-            asked for with ``full_ranking``), else None.
-    """
-
-    start: int
-    distances: np.ndarray
-    indices: np.ndarray
-    tied_beyond: np.ndarray
-    relevant_tied_beyond: np.ndarray
-    relevant_groups: TieGroups | None = None
-
-
-# ---------- inputs ----------
-
-
-def _as_matrix(x: ArrayLike, name: str) -> torch.Tensor:
-    """Check one input and return it as a detached float32 (N, D) tensor."""
-    if isinstance(x, torch.Tensor):
-        t = x.detach()
-    else:
-        try:
-            t = torch.from_numpy(np.asarray(x, dtype=np.float32))
-        except (TypeError, ValueError) as exc:
-            raise EvaluationInputError(f"{name} is not a numeric array: {exc}") from None
-    if t.ndim != 2:
-        raise EvaluationInputError(f"{name} must be 2-D (rows, dim), got shape {tuple(t.shape)}")
-    if t.shape[0] == 0:
-        raise EvaluationInputError(f"empty {name}: nothing to search")
-    if t.shape[1] == 0:
-        raise EvaluationInputError(f"{name} has zero-dimensional rows")
-    t = t.to(torch.float32)
-    if not bool(torch.isfinite(t).all()):
-        raise EvaluationInputError(f"{name} contains NaN or infinite values")
-    return t
-
-
-def as_sign_bits(x: ArrayLike, name: str = "codes") -> torch.Tensor:
-    """Binary codes as a (N, bits) float32 tensor of -1/+1.
-
-    Accepts packed codes (uint8 rows from ``np.packbits``, 8 bits per byte, most significant
-    first), or one entry per bit: bool, {0, 1} or {-1, +1} values of any other dtype.
-    """
-    if isinstance(x, torch.Tensor):
-        x = x.detach().cpu().numpy()
-    arr = np.asarray(x)
-    if arr.ndim != 2:
-        raise EvaluationInputError(f"{name} must be 2-D (rows, bits), got shape {arr.shape}")
-    if arr.shape[0] == 0:
-        raise EvaluationInputError(f"empty {name}: nothing to search")
-    if arr.dtype == np.uint8:
-        bits = np.unpackbits(arr, axis=1)  # (N, 8 * bytes) in {0, 1}
-    elif arr.dtype == np.bool_:
-        bits = arr
-    else:
-        values = np.unique(arr)
-        if np.isin(values, (0, 1)).all():
-            bits = arr
-        elif np.isin(values, (-1, 1)).all():
-            bits = arr > 0
-        else:
-            raise EvaluationInputError(
-                f"hamming distance needs binary codes: {name} must be packed uint8, bool, "
-                f"{{0, 1}} or {{-1, +1}}, found values such as {values[:3].tolist()}"
-            )
-    if bits.shape[1] == 0:
-        raise EvaluationInputError(f"{name} has zero-length codes")
-    return torch.from_numpy(np.where(np.asarray(bits, bool), 1.0, -1.0).astype(np.float32))
-
-
-@dataclass(frozen=True)
-class _Space:
-    """Query and gallery rows prepared so that a larger score ``q . g - bias`` means nearer.
-
-    cosine: unit rows, score = cos. inner_product: raw rows, score = dot. euclidean: score =
-    2 q.g - |g|^2 = |q|^2 - |q - g|^2. hamming: -1/+1 rows, score = bits - 2 * hamming.
-    """
-
-    query: torch.Tensor  # (Q, D)
-    gallery: torch.Tensor  # (G, D)
-    distance: str
-    bias: torch.Tensor | None = None  # (G,) |g|^2 for the euclidean distances
-    query_sq: torch.Tensor | None = None  # (Q,) |q|^2 for the euclidean distances
-
-    def dots(self, q0: int, q1: int, g0: int, g1: int) -> torch.Tensor:
-        """(q1 - q0, g1 - g0) dot products of query rows q0:q1 with gallery rows g0:g1.
-
-        Every path of the search gets its products here, so all of them round alike. (numpy's
-        OpenBLAS multiplies ~1.25x faster on the AMD CPU measured, but its spinning threads
-        then starve the merge kernels: 4x slower overall.)
-        """
-        return torch.mm(self.query[q0:q1], self.gallery[g0:g1].T)
-
-    def scores(self, q0: int, q1: int, g0: int, g1: int) -> torch.Tensor:
-        """(q1 - q0, g1 - g0) scores of query rows q0:q1 against gallery rows g0:g1."""
-        return self.scores_from_dots(self.dots(q0, q1, g0, g1), g0, g1, axis=1)
-
-    def scores_from_dots(self, dots: torch.Tensor, g0: int, g1: int, axis: int) -> torch.Tensor:
-        """Scores from dot products with gallery rows g0:g1 laid along ``axis`` of ``dots``.
-
-        2 q.g is exact, then the bias costs one rounding; without a bias the dot products
-        themselves are returned.
-        """
-        if self.bias is None:
-            return dots
-        bias = self.bias[g0:g1]
-        return torch.add(-(bias[None, :] if axis == 1 else bias[:, None]), dots, alpha=2.0)
-
-    def to_distance(self, scores: torch.Tensor, q0: int, q1: int) -> torch.Tensor:
-        """Distances of scores of query rows q0:q1 (in place; monotone decreasing)."""
-        if self.distance == "cosine":
-            return scores.neg_().add_(1.0)
-        if self.distance == "inner_product":
-            return scores.neg_()
-        if self.distance == "hamming":
-            return scores.neg_().add_(self.gallery.shape[1]).mul_(0.5)
-        # |q|^2 - score, clamped because cancellation can go slightly negative
-        sq = scores.neg_().add_(self.query_sq[q0:q1, None]).clamp_min_(0.0)  # type: ignore[index]
-        return sq.sqrt_() if self.distance == "euclidean" else sq
-
-
-def _prepare(query: ArrayLike, gallery: ArrayLike, distance: str, same: bool) -> _Space:
-    """Validate inputs and build the search space for ``distance``."""
-    if distance == "hamming":
-        q = as_sign_bits(query, "query")
-        g = q if same else as_sign_bits(gallery, "gallery")
-        if q.shape[1] != g.shape[1]:
-            raise EvaluationInputError(
-                f"code length mismatch: query has {q.shape[1]} bits, gallery has {g.shape[1]}"
-            )
-        return _Space(q, g, distance)
-    q = _as_matrix(query, "query")  # (Q, D)
-    g = q if same else _as_matrix(gallery, "gallery")  # (G, D)
-    if q.shape[1] != g.shape[1]:
-        raise EvaluationInputError(
-            f"dimension mismatch: query has {q.shape[1]} columns, gallery has {g.shape[1]}"
-        )
-    g = g.to(q.device)
-    if distance == "cosine":
-        q = F.normalize(q, dim=1)
-        g = q if same else F.normalize(g, dim=1)
-        return _Space(q, g, distance)
-    if distance == "inner_product":
-        return _Space(q, g, distance)
-    return _Space(q, g, distance, bias=(g * g).sum(1), query_sq=(q * q).sum(1))
-
-
-def _check_positive(value: int, name: str) -> int:
-    if isinstance(value, bool) or int(value) != value or value < 1:
-        raise EvaluationInputError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
-# ---------- exact selection on full rows ----------
-
-
-def _lowest_index_cut(dist: torch.Tensor, kth: torch.Tensor, k: int) -> torch.Tensor:
-    """Columns (r, k) of the k smallest entries of dist (r, G) given each row's k-th value kth
-    (r, 1): everything strictly below kth, then the lowest-index columns equal to it."""
-    keep = dist < kth  # (r, G) certainly in the top k
-    at_kth = dist == kth  # (r, G) candidates for the remaining slots
-    slots = k - keep.sum(1, keepdim=True)  # (r, 1) remaining slots, >= 1
-    # rank 1, 2, ... of each tied column among the tied columns of its row
-    tie_rank = at_kth.to(torch.int32).cumsum(1, dtype=torch.int32)
-    keep |= at_kth & (tie_rank <= slots)  # exactly k True per row
-    return keep.nonzero()[:, 1].view(dist.shape[0], k)
-
-
-def _order(vals: torch.Tensor, cols: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rows of (values, columns) reordered by (value, column)."""
-    cols, by_col = cols.sort(dim=1)
-    vals = torch.gather(vals, 1, by_col)
-    vals, by_val = torch.sort(vals, dim=1, stable=True)
-    return vals, torch.gather(cols, 1, by_val)
-
-
-def _order_ties(vals: torch.Tensor, cols: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rows sorted by value (c, k1) put in (value, column) order; only rows with an internal
-    tie are reordered, the rest are already in order."""
-    tied = (vals[:, 1:] == vals[:, :-1]).any(1)  # (c,)
-    if bool(tied.any()):
-        rows = tied.nonzero().squeeze(1)
-        vals[rows], cols[rows] = _order(vals[rows], cols[rows])
-    return vals, cols
-
-
-def _select_k_smallest(dist: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The k smallest entries of each row of dist (c, G), ties broken by lower column index.
-
-    ``torch.topk`` may pick any of several columns tied at the k-th value; it is asked for
-    k + 1 values and rows where the (k+1)-th equals the k-th are cut exactly instead.
-
-    Returns:
-        (values, columns), both (c, k), ordered by (distance, column).
-    """
-    m = min(k + 1, dist.shape[1])
-    vals, cols = torch.topk(dist, m, dim=1, largest=False, sorted=True)  # (c, m) each
-    cols = cols[:, :k].contiguous()  # (c, k)
-    if m > k:
-        straddle = vals[:, k] == vals[:, k - 1]  # (c,) tie across the cut
-        if bool(straddle.any()):
-            rows = straddle.nonzero().squeeze(1)
-            cols[rows] = _lowest_index_cut(dist[rows], vals[rows, k - 1 : k], k)
-    return _order(torch.gather(dist, 1, cols), cols)
-
-
-def _full_rows(
-    space: _Space,
-    rows: torch.Tensor,
-    k: int,
-    exclude_self: bool,
-    labels: tuple[torch.Tensor, torch.Tensor] | None,
-    full_ranking: bool,
-) -> tuple[torch.Tensor, ...]:
-    """Exact lists of the query rows ``rows`` from their whole distance rows.
-
-    Returns (distances (r, k), columns (r, k), tied_beyond (r,), relevant_tied_beyond (r,))
-    and, with ``full_ranking``, the relevant items' TieGroups as a last element.
-    """
-    n_gallery = space.gallery.shape[0]
-    q0, q1 = int(rows.min()), int(rows.max()) + 1
-    contiguous = q1 - q0 == rows.numel()
-    if contiguous:
-        dist = space.to_distance(space.scores(q0, q1, 0, n_gallery), q0, q1)  # (r, G)
-    else:  # scattered rows (straddling ties after a streamed search)
-        sub = _Space(
-            space.query[rows],
-            space.gallery,
-            space.distance,
-            space.bias,
-            None if space.query_sq is None else space.query_sq[rows],
-        )
-        dist = sub.to_distance(sub.scores(0, rows.numel(), 0, n_gallery), 0, rows.numel())
-    rel = None
-    if labels is not None:
-        rel = labels[1][None, :] == labels[0][rows][:, None]  # (r, G) same label
-    if exclude_self:
-        dist[torch.arange(rows.numel()), rows] = float("inf")
-        if rel is not None:
-            rel[torch.arange(rows.numel()), rows] = False
-    vals, cols = _select_k_smallest(dist, k)
-    at_last = dist == vals[:, -1:]  # (r, G) items at the list's last distance
-    in_list_at_last = vals == vals[:, -1:]  # (r, k)
-    tied = at_last.sum(1) - in_list_at_last.sum(1)
-    rel_tied = torch.zeros_like(tied)
-    groups = None
-    if rel is not None:
-        rel_listed = torch.gather(rel, 1, cols) & in_list_at_last
-        rel_tied = (at_last & rel).sum(1) - rel_listed.sum(1)
-        if full_ranking:
-            groups = groups_from_rows(dist, rel)
-    out: tuple = (vals, cols, tied, rel_tied)
-    return (*out, groups) if full_ranking else out
 
 
 # ---------- streamed top-(k+1) candidates ----------
