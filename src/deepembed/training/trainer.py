@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -230,6 +231,7 @@ class Prepared:
 
 def check_names(config: RunConfig) -> None:
     """The names other modules resolve late (metrics, distance, transform, schedule), now."""
+    check_schedule(config.optim.schedule)
     try:
         parse_metrics(config.eval.metrics)
     except UserError as exc:
@@ -253,7 +255,6 @@ def check_names(config: RunConfig) -> None:
 def prepare(config: RunConfig) -> Prepared:
     """Validate the config and open, build and check every part of the run, writing nothing."""
     check_names(config)
-    check_schedule(config.optim.schedule)
     device = resolve_device(config.train.device)
     seed_everything(config.train.seed)
     splits = open_splits(config)
@@ -285,8 +286,7 @@ def train(config: RunConfig, progress: bool = True, overwrite: bool = False) -> 
         skip_log = attach_skip_log(ready.splits, stage / "skipped.txt")
         skips = SkipReporter(skip_log, run_dir / "skipped.txt")
         result = fit(config, ready, stage, skips, progress)
-    model_dir = run_dir / "model"
-    return TrainResult(run_dir, model_dir, result.metrics, result.history)
+    return dataclasses.replace(result, run_dir=run_dir, model_dir=run_dir / "model")
 
 
 def fit(
