@@ -11,7 +11,7 @@ from PIL import Image
 
 from deepembed import data
 from deepembed.data import images
-from deepembed.data.images import check_image, load_image, resolve_inside, to_rgb
+from deepembed.data.images import check_image, convert_image, load_image, resolve_inside, to_rgb
 from deepembed.errors import DataError
 from tests.data.conftest import write_image
 
@@ -180,3 +180,134 @@ def test_on_error_must_be_known(tmp_path: Path) -> None:
     write_image(tmp_path / "a" / "0.png")
     with pytest.raises(DataError, match="on_error must be one of fail, skip"):
         data.open("folder", str(tmp_path), "all", on_error="ignore")
+
+
+def _p_image(transparent: bool) -> Image.Image:
+    """A 2 x 1 palette image: index 0 red, index 1 blue; index 0 transparent if asked."""
+    image = Image.fromarray(np.array([[0, 1]], np.uint8), "P")
+    image.putpalette([255, 0, 0, 0, 0, 255])
+    if transparent:
+        image.info["transparency"] = 0
+    return image
+
+
+def _rgba_palette() -> Image.Image:
+    image = Image.fromarray(np.array([[0, 1]], np.uint8), "P")
+    image.putpalette([255, 0, 0, 0, 0, 0, 255, 255], "RGBA")  # red clear, blue opaque
+    return image
+
+
+def _sixteen_bit(mode: str) -> Image.Image:
+    """A 256-step ramp over the whole 16-bit range (k * 257), in `mode` byte order."""
+    ramp = np.arange(256, dtype=np.uint16)[None] * 257
+    dtype = ">u2" if mode == "I;16B" else "<u2"
+    return Image.frombytes(mode, (256, 1), ramp.astype(dtype).tobytes())
+
+
+WHITE, RED, BLUE = [255, 255, 255], [255, 0, 0], [0, 0, 255]
+RAMP = [[[k] * 3 for k in range(256)]]
+# (mode label, image, expected RGB pixels); the grey result is the luma of these
+MODE_CASES = [
+    ("1", Image.fromarray(np.array([[False, True]])), [[[0] * 3, WHITE]]),
+    ("L", Image.fromarray(np.array([[0, 77, 255]], np.uint8)), [[[0] * 3, [77] * 3, WHITE]]),
+    (
+        "LA",
+        Image.fromarray(np.array([[[10, 0], [200, 255], [0, 128]]], np.uint8), "LA"),
+        [[WHITE, [200] * 3, [127] * 3]],  # clear -> white; half-clear black -> mid grey
+    ),
+    ("P", _p_image(False), [[RED, BLUE]]),
+    ("P+transparency", _p_image(True), [[WHITE, BLUE]]),
+    ("P+RGBA palette", _rgba_palette(), [[WHITE, BLUE]]),
+    (
+        "RGBA",
+        Image.fromarray(
+            np.array([[[10, 20, 30, 0], [10, 20, 30, 255], [0, 0, 0, 128]]], np.uint8), "RGBA"
+        ),
+        [[WHITE, [10, 20, 30], [127] * 3]],
+    ),
+    ("RGBa", Image.new("RGBa", (1, 1), (0, 0, 0, 0)), [[WHITE]]),
+    ("La", Image.new("La", (1, 1), (0, 0)), [[WHITE]]),
+    ("PA", Image.new("PA", (1, 1), (0, 0)), [[WHITE]]),
+    (
+        "CMYK",
+        Image.frombytes("CMYK", (3, 1), bytes([0, 0, 0, 0, 0, 255, 255, 0, 0, 0, 0, 255])),
+        [[WHITE, RED, [0] * 3]],  # no ink = white; magenta + yellow = red; key = black
+    ),
+    ("I;16", _sixteen_bit("I;16"), RAMP),
+    ("I;16B", _sixteen_bit("I;16B"), RAMP),
+    ("I 16-bit", _sixteen_bit("I;16").convert("I"), RAMP),  # what old Pillows decoded to
+    (
+        "I 8-bit",
+        Image.fromarray(np.array([[0, 77, 255]], np.int32), "I"),
+        [[[0] * 3, [77] * 3, WHITE]],
+    ),
+    (
+        "F unit",
+        Image.fromarray(np.array([[0.0, 0.5, 1.0]], np.float32)),
+        [[[0] * 3, [128] * 3, WHITE]],
+    ),
+    (
+        "F 8-bit",
+        Image.fromarray(np.array([[0.0, 77.0, 255.0]], np.float32)),
+        [[[0] * 3, [77] * 3, WHITE]],
+    ),
+    ("RGB", Image.fromarray(np.array([[RED, [10, 20, 30]]], np.uint8)), [[RED, [10, 20, 30]]]),
+    ("YCbCr", Image.new("RGB", (1, 1), (200, 30, 40)).convert("YCbCr"), [[[198, 29, 38]]]),
+]
+
+
+@pytest.mark.parametrize(
+    ("image", "expected"), [c[1:] for c in MODE_CASES], ids=[c[0] for c in MODE_CASES]
+)
+def test_convert_image_keeps_what_pixels_mean(image: Image.Image, expected: list) -> None:
+    rgb = convert_image(image, 3)
+    assert rgb.mode == "RGB" and rgb.size == image.size
+    np.testing.assert_allclose(np.asarray(rgb, np.int16), np.array(expected), atol=1)
+    grey = convert_image(image, 1)
+    luma = np.asarray(Image.fromarray(np.array(expected, np.uint8)).convert("L"), np.int16)
+    assert grey.mode == "L" and grey.size == image.size
+    np.testing.assert_allclose(np.asarray(grey, np.int16), luma, atol=1)
+
+
+def test_sixteen_bit_is_scaled_not_clipped() -> None:
+    assert np.asarray(convert_image(_sixteen_bit("I;16"), 1))[0].tolist() == list(range(256))
+    clipped = np.asarray(_sixteen_bit("I;16").convert("L"))  # what a plain convert does
+    assert (clipped[0, 1:] == 255).all()
+
+
+def test_convert_image_rejects_other_channel_counts() -> None:
+    with pytest.raises(ValueError, match="channels must be 1"):
+        convert_image(Image.new("RGB", (1, 1)), 4)
+
+
+def _as_tensor(path: Path) -> np.ndarray:
+    """An image file through the dataset path with no preset: (3, H, W) floats in [0, 1]."""
+    image, _ = data.ImageFileDataset([str(path)], np.zeros(1, np.int64))[0]
+    assert image.ndim == 3 and image.shape[0] == 3
+    return image.numpy()
+
+
+def test_load_image_of_every_file_kind(tmp_path: Path) -> None:
+    ramp = np.arange(256, dtype=np.float32) / 255.0
+    for name, mode in (("deep.png", "I;16"), ("deep.tif", "I;16B")):
+        _sixteen_bit(mode).save(tmp_path / name)
+        assert Image.open(tmp_path / name).mode == mode
+        np.testing.assert_allclose(_as_tensor(tmp_path / name), np.tile(ramp, (3, 1, 1)), atol=1e-6)
+
+    Image.frombytes("CMYK", (2, 1), bytes([0, 0, 0, 0, 0, 255, 255, 0])).save(tmp_path / "c.tif")
+    assert Image.open(tmp_path / "c.tif").mode == "CMYK"
+    np.testing.assert_allclose(_as_tensor(tmp_path / "c.tif")[:, 0].T, [[1, 1, 1], [1, 0, 0]])
+
+    _p_image(True).save(tmp_path / "p.png", transparency=0)
+    reloaded = Image.open(tmp_path / "p.png")
+    assert reloaded.mode == "P" and "transparency" in reloaded.info
+    np.testing.assert_allclose(_as_tensor(tmp_path / "p.png")[:, 0].T, [[1, 1, 1], [0, 0, 1]])
+
+    Image.fromarray(np.array([[0, 77, 255]], np.uint8)).save(tmp_path / "grey.png")
+    grey = _as_tensor(tmp_path / "grey.png")
+    np.testing.assert_allclose(
+        grey, np.tile(np.array([[0, 77, 255]]) / 255.0, (3, 1, 1)), atol=1e-6
+    )
+
+    Image.new("RGBA", (2, 2), (10, 20, 30, 0)).save(tmp_path / "clear.png")
+    assert (_as_tensor(tmp_path / "clear.png") == 1.0).all()

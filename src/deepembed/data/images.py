@@ -1,4 +1,4 @@
-"""Shared pieces of every image-file dataset: safe decoding, RGB conversion, path checks, scans.
+"""Shared pieces of every image-file dataset: safe decoding, mode conversion, path checks, scans.
 
 Decoding is defensive because list files and folders come from outside: a path may point
 outside the dataset root ("../", absolute paths), a file may be truncated, not an image, or a
@@ -51,25 +51,58 @@ def resolve_inside(root: Path, relative: str) -> Path:
     return path
 
 
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Any PIL mode -> RGB: grey is repeated, alpha is composited on white, CMYK converted.
+_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+_DEEP_GREY = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")  # 16/32-bit int and float grey
 
-    16/32-bit grey ("I;16", "I", "F") is rescaled to 8 bits rather than clipped at 255.
+
+def _deep_to_grey(image: Image.Image) -> Image.Image:
+    """16-bit, 32-bit and float grey -> 8-bit "L", scaled rather than clipped at 255.
+
+    I;16*: 0..65535 -> 0..255 (Pillow's own convert clips everything above 255 to white).
+    I (32-bit int, the bit depth is not recorded): taken as 8-bit when no value exceeds 255,
+    else as 16-bit (what 16-bit PNG/TIFF decode to), values beyond clipped. F: [0, 1] when
+    no value exceeds 1, else like I. NaN becomes 0.
     """
-    if image.mode == "RGB":
+    pixels = np.nan_to_num(np.asarray(image, dtype=np.float64), nan=0.0)
+    top = 65535.0 if image.mode.startswith("I;16") else 255.0
+    if image.mode == "F" and pixels.size and pixels.max() <= 1.0:
+        top = 1.0
+    elif image.mode in ("I", "F") and pixels.size and pixels.max() > 255.0:
+        top = 65535.0
+    grey = np.clip(np.rint(pixels * (255.0 / top)), 0, 255).astype(np.uint8)
+    return Image.fromarray(grey, "L")
+
+
+def convert_image(image: Image.Image, channels: int) -> Image.Image:
+    """Any PIL mode -> "L" (`channels` 1) or "RGB" (3), keeping what the pixels mean.
+
+    Transparency (RGBA, LA, P with a transparent colour or an RGBA palette) is composited
+    on white, not dropped (Pillow's plain convert shows transparent pixels in whatever colour
+    they hold, often black). 16/32-bit and float grey are rescaled, not clipped (see
+    `_deep_to_grey`). Colour -> grey uses Pillow's ITU-R 601 luma; grey -> RGB repeats it.
+    Bilevel "1", CMYK, YCbCr, LAB, HSV and RGBX go through Pillow's converters.
+    """
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 (grey) or 3 (RGB), got {channels}")
+    target = "L" if channels == 1 else "RGB"
+    if image.mode == target:
         return image
-    if image.mode == "P":  # a palette may carry transparency: go through RGBA
-        image = image.convert("RGBA")
-    if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
-        pixels = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if image.mode.startswith("I;16") or pixels.max() > 255 else 255.0
-        grey = np.clip(pixels * (255.0 / top), 0, 255).astype(np.uint8)
-        return Image.fromarray(grey).convert("RGB")
-    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
-        rgba = image.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
-    return image.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV
+    if image.mode in _DEEP_GREY:
+        image = _deep_to_grey(image)
+    elif image.mode == "P":  # the palette or a transparent index may carry alpha
+        has_alpha = "transparency" in image.info or image.palette.mode == "RGBA"
+        image = image.convert("RGBA" if has_alpha else "RGB")
+    if image.mode in _ALPHA_MODES:
+        if image.mode == "La":  # premultiplied grey: Pillow converts it only to LA
+            image = image.convert("LA")
+        white = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(white, image.convert("RGBA")).convert("RGB")
+    return image.convert(target)  # L, 1, RGB, CMYK, YCbCr, LAB, HSV, RGBX
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """`convert_image(image, 3)`: any PIL mode -> RGB."""
+    return convert_image(image, 3)
 
 
 class ImageTooLargeError(DataError):
@@ -103,7 +136,8 @@ def open_checked(path: str | os.PathLike[str], limit: int) -> Iterator[Image.Ima
 
 
 def load_image(path: str | os.PathLike[str], max_pixels: int | None = None) -> Image.Image:
-    """Decode one image file to RGB (EXIF rotation applied); any problem is a DataError.
+    """Decode one image file to RGB (EXIF rotation applied, any mode converted by
+    `convert_image`); any problem is a DataError.
 
     The size is checked from the header before decoding, so a bomb costs no memory.
     """
@@ -111,7 +145,7 @@ def load_image(path: str | os.PathLike[str], max_pixels: int | None = None) -> I
     try:
         with open_checked(path, limit) as image:
             image.load()  # raises on truncated or corrupt data
-            return to_rgb(ImageOps.exif_transpose(image))
+            return convert_image(ImageOps.exif_transpose(image), 3)
     except DataError:
         raise
     except _DECODE_ERRORS as exc:
