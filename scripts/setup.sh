@@ -56,16 +56,22 @@ if [ "$there" != "$here" ]; then
     .venv/bin/pip install -q 2> >(grep -v "is ignored" >&2) --no-deps --no-build-isolation -e .
 fi
 
-# Fashion-MNIST comes from Debian's package dataset-fashion-mnist.
-fashion=/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
-if [ ! -f "$fashion" ]; then
-    say "installing Debian package dataset-fashion-mnist (Fashion-MNIST)"
+# Offline data from Debian packages, each installed only when missing: Fashion-MNIST
+# (dataset-fashion-mnist); the emoji dataset's colour font and names (fonts-noto-color-emoji,
+# unicode-data) and FriBiDi, which Pillow's wheel loads at run time for its raqm text layout.
+debs=()
+[ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || debs+=(dataset-fashion-mnist)
+[ -f /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf ] || debs+=(fonts-noto-color-emoji)
+[ -f /usr/share/unicode/emoji/emoji-test.txt ] || debs+=(unicode-data)
+dpkg-query -W -f='${Status}' libfribidi0 2>/dev/null | grep -q "ok installed" || debs+=(libfribidi0)
+if [ "${#debs[@]}" -gt 0 ]; then
+    say "installing Debian packages ${debs[*]}"
     sudo_=""
     if [ "$(id -u)" != 0 ]; then
-        command -v sudo >/dev/null || { echo "[setup] need root to apt-get install dataset-fashion-mnist" >&2; exit 1; }
+        command -v sudo >/dev/null || { echo "[setup] need root to apt-get install ${debs[*]}" >&2; exit 1; }
         sudo_=sudo
     fi
     $sudo_ apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq dataset-fashion-mnist >/dev/null
+    DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq "${debs[@]}" >/dev/null
 fi
 say "ready: .venv ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"

@@ -12,10 +12,12 @@
 | inshop | Eval/list_eval_partition.txt, img/ | train, query, gallery |
 | folder | root/<class>/... or root/<split>/<class>/... | split folders, else class halves |
 | csv | path,label[,split] | split column, else class halves |
+| emoji | rendered once from 2 Debian packages; no root | train, test (+ super_labels, names) |
 
 In-memory datasets (MNIST family, CIFAR) are TensorImageDataset; the others are lazy
 ImageFileDataset, decoded per item with the `transform` preset. "test" is accepted as an
-alias of "query" where a dataset has query/gallery or query/database splits.
+alias of "query" where a dataset has query/gallery or query/database splits. Emoji needs
+no root: it is rendered into a cache on first use (see `data.sources.emoji`).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from deepembed.data.sources.cars import open_cars
 from deepembed.data.sources.cifar import open_cifar
 from deepembed.data.sources.common import FileOptions
 from deepembed.data.sources.cub import open_cub
+from deepembed.data.sources.emoji import open_emoji
 from deepembed.data.sources.folder import open_csv, open_folder
 from deepembed.data.sources.inshop import open_inshop
 from deepembed.data.sources.mnist_family import SINGLE_SOURCES, SOURCES, open_class_disjoint
@@ -50,7 +53,9 @@ FILE_READERS: dict[str, Callable[[str, str, FileOptions], ImageFileDataset]] = {
     "inshop": open_inshop,
     "folder": open_folder,
     "csv": open_csv,
+    "emoji": open_emoji,
 }
+ROOTLESS = ("emoji",)  # file datasets with a default location: root "" is allowed
 DATASETS = ("mnist30", *SINGLE_SOURCES, *CIFAR, *FILE_READERS)
 
 
@@ -99,7 +104,7 @@ def open(
     if name in CIFAR:
         return open_cifar(name, root, split)
     if name in FILE_READERS:
-        if not root:
+        if not root and name not in ROOTLESS:
             raise DataError(f"dataset {name!r} needs a root directory (data.root / --root)")
         options = file_options(transform, augment, on_error, scan, max_image_pixels)
         return FILE_READERS[name](root, split, options)
@@ -123,6 +128,7 @@ def file_options(
 
 __all__ = [
     "DATASETS",
+    "ROOTLESS",
     "Dataset",
     "DistributedPKSampler",
     "HierarchicalPKSampler",

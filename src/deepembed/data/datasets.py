@@ -94,8 +94,8 @@ class ImageFileDataset(Dataset):
     same class instead, so P x K batches keep their shape. Skipped files go to `skip_log`
     when one is attached (the trainer's skipped.txt), else to one log warning per file and
     process. Images over `max_pixels` are refused as decompression bombs. `super_labels`
-    (SOP), `problems` (files dropped at open time, with reasons) and `skip_log` ride along
-    with subsets.
+    (SOP), `names` (a readable name per item, e.g. emoji), `problems` (files dropped at open
+    time, with reasons) and `skip_log` ride along with subsets.
     """
 
     def __init__(
@@ -111,9 +111,12 @@ class ImageFileDataset(Dataset):
         super_class_names: dict[int, str] | None = None,
         problems: ScanReport | None = None,
         max_pixels: int = MAX_IMAGE_PIXELS,
+        names: np.ndarray | None = None,
     ) -> None:
         if len(paths) != len(labels):
             raise ValueError(f"{len(paths)} paths but {len(labels)} labels")
+        if names is not None and len(names) != len(labels):
+            raise ValueError(f"{len(names)} names but {len(labels)} labels")
         # fixed-width unicode array: workers read it without touching refcounts (no COW)
         self.paths = np.asarray(paths, dtype=str)
         self.labels = np.asarray(labels, dtype=np.int64)
@@ -121,6 +124,7 @@ class ImageFileDataset(Dataset):
         self.class_names = class_names or {}
         self.super_labels = None if super_labels is None else np.asarray(super_labels, np.int64)
         self.super_class_names = super_class_names or {}
+        self.names = None if names is None else np.asarray(names, dtype=str)
         self.transform = transform
         self._image_shape = image_shape
         self.on_error = check_on_error(on_error)
@@ -184,7 +188,7 @@ class ImageFileDataset(Dataset):
         return self._copy(np.arange(len(self)), transform, image_shape)
 
     def subset(self, indices: np.ndarray) -> ImageFileDataset:
-        """A dataset of the given rows, keeping their ids, transform and super-labels."""
+        """A dataset of the given rows, keeping their ids, transform, super-labels and names."""
         return self._copy(np.asarray(indices, dtype=np.int64), self.transform, self._image_shape)
 
     def _copy(
@@ -205,6 +209,7 @@ class ImageFileDataset(Dataset):
             self.super_class_names,
             self.problems,
             self.max_pixels,
+            None if self.names is None else self.names[rows],
         )
         out.skip_log = self.skip_log
         return out

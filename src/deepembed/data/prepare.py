@@ -3,7 +3,8 @@
 Datasets with public files (CIFAR, the MNIST family's IDX files, CUB-200-2011) are
 downloaded; the others require accepting a licence or a manual download, so `prepare` says
 exactly which files to place where. Where the machine is offline the same instructions
-are given, with the URLs to fetch by hand.
+are given, with the URLs to fetch by hand. Emoji is rendered from two Debian packages into
+its cache (root "" = the default cache folder).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 import tarfile
+import time
 import urllib.error
 import urllib.request
 import zipfile
@@ -22,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from deepembed.data.datasets import ImageFileDataset
+from deepembed.data.sources import emoji
 from deepembed.data.sources.folder import csv_splits
 from deepembed.errors import DataError
 
@@ -154,6 +157,7 @@ SOURCES: dict[str, Source] = {
     ),
     "folder": Source(("<class>/<image files>",), manual="your images, one sub-folder per class"),
     "csv": Source(("labels.csv",), manual="a CSV of path,label[,split], paths relative to it"),
+    "emoji": Source((emoji.INDEX, "images"), manual=f"rendered by prepare; needs {emoji.INSTALL}"),
 }
 
 
@@ -237,6 +241,8 @@ def prepare(
     name: str, root: str | Path, download: Callable[[str, Path], None] = fetch
 ) -> PrepareResult:
     """Fetch, verify and unpack dataset `name` under `root`; or say what to place where."""
+    if name == "emoji":
+        return prepare_emoji(str(root))
     root = Path(root)
     source = source_of(name)
     if not missing_layout(source, root) and "<" not in source.layout[0]:
@@ -268,6 +274,17 @@ def prepare(
     if still:
         return PrepareResult(False, [*lines, instructions(name, root, f"still missing {still}")])
     return PrepareResult(True, [*lines, f"{name}: ready under {root}"])
+
+
+def prepare_emoji(root: str) -> PrepareResult:
+    """Render the emoji cache (in `root`, or the default cache folder for root "")."""
+    cache = emoji.cache_dir(root)
+    if (cache / emoji.INDEX).is_file():
+        return PrepareResult(True, [f"emoji: already rendered in {cache}"])
+    start = time.perf_counter()
+    emoji.ensure_cache(root)
+    seconds = time.perf_counter() - start
+    return PrepareResult(True, [f"emoji: rendered into {cache} in {seconds:.1f} s"])
 
 
 def splits_of(name: str, root: str) -> tuple[str, ...]:
