@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # any hub call fails fast: nothing downloads
+# decoded-image caches and rendered datasets of this test session, never the user's
+os.environ["DEEPEMBED_CACHE"] = tempfile.mkdtemp(prefix="deepembed-test-cache-")
+os.environ["TORCH_HOME"] = os.path.join(os.environ["DEEPEMBED_CACHE"], "torch")
+atexit.register(shutil.rmtree, os.environ["DEEPEMBED_CACHE"], ignore_errors=True)
 
 # A training run small enough for the test suite, on the real mnist30 files.
 TINY_RUN = [

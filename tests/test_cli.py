@@ -180,7 +180,7 @@ def test_query_file_that_is_not_an_image(trained_run: Path, tmp_path: Path) -> N
         == 0
     )
     code, output = invoke("search", index_dir, "--image", fake, "--model", trained_run / "model")
-    assert_user_error(code, output, "notes.png is not a readable image")
+    assert_user_error(code, output, "cannot read image", "notes.png")
     code, output = invoke(
         "search", index_dir, "--image", tmp_path / "none.jpg", "--model", trained_run / "model"
     )

@@ -94,7 +94,7 @@ OUT_OF_RANGE = [
     "sampler.classes_per_batch=1",
     "sampler.images_per_class=0",
     "sampler.super_classes_per_batch=-1",
-    "model.embedding_dim=0",
+    "model.embedding_dim=-1",
     "optim.lr=0",
     "optim.weight_decay=-0.1",
     "optim.loss_lr=-1",
@@ -103,7 +103,7 @@ OUT_OF_RANGE = [
     "train.eval_every=-1",
     "train.threads=-2",
     "eval.metrics=[]",
-    "eval.batch_size=0",
+    "eval.batch_size=-1",
 ]
 
 

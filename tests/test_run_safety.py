@@ -94,7 +94,9 @@ BAD_TRAINS = {
     ),
     "unknown metric": (["--overwrite", "eval.metrics=[recall@1,nope]"], "eval.metrics"),
     "unknown distance": (["--overwrite", "eval.distance=manhattan"], "eval.distance"),
-    "unknown transform": (["--overwrite", "data.transform=huge"], "data.transform"),
+    "removed key": (["--overwrite", "data.transform=small"], "data.transform"),
+    "unknown pooling": (["--overwrite", "model.pool=median"], "model.pool"),
+    "unknown backbone": (["--overwrite", "model.backbone=resnet9000"], "timm/<architecture>"),
     "no positive pairs": (["--overwrite", "sampler.images_per_class=1"], "images_per_class"),
     "backbone parameters": (
         ["--overwrite", "model.backbone_params.widths=[4]"],

@@ -15,7 +15,7 @@ from deepembed.errors import ConfigError
 from deepembed.evaluation import evaluate
 from deepembed.inference import Embeddings, embed
 from deepembed.losses import ClassLoss
-from deepembed.models.embedder import Embedder
+from deepembed.models.embedder import Embedder, EmbedderSpec
 from deepembed.training.trainer import (
     build_model,
     build_objective,
@@ -50,7 +50,7 @@ def test_training_learns(tmp_path: Path) -> None:
     # weights as the run below starts from
     seed_everything(config.train.seed)
     splits = open_splits(config)
-    untrained = build_model(config, splits.train.image_shape)
+    untrained = build_model(config, splits.train)
     baseline = evaluate_embeddings(embed(untrained, splits.query, progress=False), None, config)
 
     result = train(config, progress=False)
@@ -64,10 +64,10 @@ def test_class_loss_gets_classes_dim_and_its_own_learning_rate(tmp_path: Path) -
     loss_fn, miner = build_objective(config, num_classes=15, embedding_size=16)
     assert isinstance(loss_fn, ClassLoss) and miner is None
     assert (loss_fn.num_classes, loss_fn.embedding_size) == (15, 16)
-    model = torch.nn.Linear(3, 16)
+    model = Embedder(EmbedderSpec(backbone_params={"widths": [4, 4, 4, 8, 8]}, embedding_dim=16))
     optimizer = make_optimizer(config, model, loss_fn)
-    model_group, loss_group = optimizer.param_groups
-    assert model_group["lr"] == config.optim.lr and loss_group["lr"] == 0.5
+    head_group, backbone_group, loss_group = optimizer.param_groups
+    assert head_group["lr"] == backbone_group["lr"] == config.optim.lr and loss_group["lr"] == 0.5
     assert loss_group["params"] == [loss_fn.proxies]
 
 

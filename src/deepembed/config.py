@@ -35,7 +35,10 @@ class DataConfig:
     eval_per_source: int = 5000  # mnist30: seeded sample of unseen-class images per source
     train_per_class: int = 0  # 0 = every training image; >0 caps each class (quick runs)
     augment: bool = True
-    transform: str = "small"  # small (grey/small images) | imagenet224 (the literature's)
+    cache: bool = True  # image files: decode + resize once into a memory-mapped uint8 cache
+    cache_dir: str = ""  # "" = $DEEPEMBED_CACHE/images or ~/.cache/deepembed/images
+    max_cache_gb: float = 10.0  # larger caches are not built (images decoded per item)
+    crop_scale: float = 0.3  # image files, augment: smallest area fraction of a random crop
     on_error: str = "fail"  # unreadable image files: fail | skip (summary + skipped.txt)
     max_image_pixels: int = MAX_IMAGE_PIXELS  # larger images are refused (decompression bombs)
     scan: bool = False  # header-check every image file when the dataset opens
@@ -49,6 +52,8 @@ class DataConfig:
         require(self.on_error in ON_ERROR, "data.on_error", " or ".join(ON_ERROR), self.on_error)
         require(self.max_image_pixels >= 1, "data.max_image_pixels", ">= 1", self.max_image_pixels)
         require(self.num_workers >= 0, "data.num_workers", ">= 0", self.num_workers)
+        require(self.max_cache_gb >= 0, "data.max_cache_gb", ">= 0", self.max_cache_gb)
+        require(0 < self.crop_scale <= 1, "data.crop_scale", "in (0, 1]", self.crop_scale)
         require(0.0 <= self.val_classes < 1.0, "data.val_classes", "in [0, 1)", self.val_classes)
         require(self.val_per_class >= 0, "data.val_per_class", ">= 0", self.val_per_class)
 
@@ -71,15 +76,24 @@ class SamplerConfig:
 
 @dataclass
 class ModelConfig:
-    """Backbone + embedding head."""
+    """Backbone + pooling + embedding head, and what of them is trained."""
 
-    backbone: str = "small_cnn"
+    backbone: str = "small_cnn"  # small_cnn | efficientnet_lite0 | timm/<arch> | torchvision/<arch>
     backbone_params: dict[str, Any] = field(default_factory=dict)
-    embedding_dim: int = 128
+    pretrained: bool | str | None = None  # None: the backbone's default; true | false | a file
+    pool: str = ""  # "" = the backbone's default; avg | max | avgmax | gem | gridmax
+    pool_params: dict[str, Any] = field(default_factory=dict)
+    embedding_dim: int = 128  # 0 = the pooled features themselves
+    head_bn: bool = False  # BatchNorm before the projection
     normalize: bool = True
+    image_size: int = 0  # 0 = the backbone's input size (small_cnn: the data's)
+    freeze_stages: int = 0  # the first N backbone stages are not trained
+    freeze_bn: bool = False  # BatchNorm statistics of the backbone stay as pretrained
 
     def __post_init__(self) -> None:
-        require(self.embedding_dim >= 1, "model.embedding_dim", ">= 1", self.embedding_dim)
+        require(self.embedding_dim >= 0, "model.embedding_dim", ">= 0", self.embedding_dim)
+        require(self.image_size >= 0, "model.image_size", ">= 0", self.image_size)
+        require(self.freeze_stages >= 0, "model.freeze_stages", ">= 0", self.freeze_stages)
 
 
 @dataclass
@@ -107,9 +121,11 @@ class OptimConfig:
     weight_decay: float = 0.0
     loss_lr: float = 1e-2  # learned loss parameters: proxies, class weights, margin beta
     schedule: str = "cosine"  # cosine (decay to 0 over the run, per step) | constant
+    backbone_lr_mult: float = 1.0  # the backbone learns at lr * this (head and pooling at lr)
 
     def __post_init__(self) -> None:
         require(self.lr > 0, "optim.lr", "> 0", self.lr)
+        require(self.backbone_lr_mult >= 0, "optim.backbone_lr_mult", ">= 0", self.backbone_lr_mult)
         require(self.weight_decay >= 0, "optim.weight_decay", ">= 0", self.weight_decay)
         require(self.loss_lr >= 0, "optim.loss_lr", ">= 0", self.loss_lr)
 
@@ -119,6 +135,7 @@ class TrainConfig:
     """The training loop."""
 
     epochs: int = 3
+    warmup_epochs: int = 0  # the first N epochs train the head only (backbone frozen)
     max_steps: int = 0  # 0 = no cap; >0 stops each epoch early (smoke tests)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -129,6 +146,12 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         require(self.epochs >= 1, "train.epochs", ">= 1", self.epochs)
+        require(
+            0 <= self.warmup_epochs < self.epochs,
+            "train.warmup_epochs",
+            f">= 0 and < train.epochs ({self.epochs})",
+            self.warmup_epochs,
+        )
         require(self.max_steps >= 0, "train.max_steps", ">= 0 (0: no cap)", self.max_steps)
         require(self.eval_every >= 0, "train.eval_every", ">= 0 (0: at the end)", self.eval_every)
         require(self.threads >= 0, "train.threads", ">= 0 (0: torch's default)", self.threads)
@@ -150,11 +173,11 @@ class EvalConfig:
         ]
     )
     distance: str = "cosine"
-    batch_size: int = 1024
+    batch_size: int = 0  # images per inference batch; 0 = from the model's input size
 
     def __post_init__(self) -> None:
         require(bool(self.metrics), "eval.metrics", "a non-empty list", self.metrics)
-        require(self.batch_size >= 1, "eval.batch_size", ">= 1", self.batch_size)
+        require(self.batch_size >= 0, "eval.batch_size", ">= 0 (0: automatic)", self.batch_size)
 
 
 @dataclass
@@ -218,6 +241,13 @@ def _check_value(key: str, value: Any, annotation: Any) -> Any:
     raise ConfigError(f"config key {key!r}: expected {expected}, got {value!r}")
 
 
+# keys of earlier versions: what replaced them
+REMOVED = {
+    "data.transform": "preprocessing now comes from the model: set model.backbone and "
+    "model.image_size (the model directory records its whole preprocessing)",
+}
+
+
 def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     """Build dataclass `cls` from nested dicts; unknown keys raise ConfigError."""
     if not isinstance(data, dict):
@@ -227,6 +257,8 @@ def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
         full = f"{prefix}{key}"
+        if full in REMOVED:
+            raise ConfigError(f"config key {full!r} was removed: {REMOVED[full]}")
         if key not in names:
             raise ConfigError(f"unknown config key {full!r}; known: {', '.join(sorted(names))}")
         hint = hints[key]

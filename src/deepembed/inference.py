@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from deepembed.data.adapt import Loading, for_model
 from deepembed.data.datasets import collate
 from deepembed.errors import DataError
 from deepembed.io import atomic_write, load_npz, reading
@@ -69,17 +70,27 @@ class Embeddings:
             )
 
 
+def auto_batch_size(shape: tuple[int, ...]) -> int:
+    """Images per inference batch for inputs of `shape` (C, H, W): ~16 MB of input pixels
+    per batch (1024 MNIST digits, 32 images at 224 px), so activations stay bounded."""
+    pixels = int(np.prod(shape))
+    return int(max(1, min(1024, 2**22 // max(1, pixels))))
+
+
 def embed(
     model: Embedder,
     dataset: Dataset,
-    batch_size: int = 1024,
+    batch_size: int = 0,
     device: str | torch.device | None = None,
     progress: bool = True,
 ) -> Embeddings:
-    """Embeddings of every item of `dataset` (items are (image, label)), in order."""
+    """Embeddings of every item of `dataset` (items are (image, label)), in order.
+
+    `batch_size` 0 picks one from the model's input size (`auto_batch_size`)."""
     if device is not None:
         model = model.to(device)
     device = next(model.parameters()).device
+    batch_size = batch_size or auto_batch_size(model.preprocessing.shape)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
     was_training = model.training
     model.eval()
@@ -103,6 +114,25 @@ def embed(
     names = dict(getattr(dataset, "class_names", {}))
     if not vectors:
         return Embeddings(
-            np.empty((0, model.spec.embedding_dim), np.float32), np.empty(0, np.int64), ids, names
+            np.empty((0, model.embedding_dim), np.float32), np.empty(0, np.int64), ids, names
         )
     return Embeddings(np.concatenate(vectors), np.concatenate(labels).astype(np.int64), ids, names)
+
+
+def embed_split(
+    model: Embedder,
+    dataset: str,
+    root: str,
+    split: str,
+    eval_per_source: int = 5000,
+    loading: Loading | None = None,
+    batch_size: int = 0,
+) -> Embeddings:
+    """Embeddings of one split of a named dataset, each image preprocessed by the model
+    (never by a dataset default): the path `embed` and `evaluate --model` share."""
+    from deepembed import data
+
+    loading = loading or Loading()
+    items = data.open(dataset, root, split, eval_per_source, transform=None)
+    adapted = for_model(items, model.preprocessing, loading=loading)
+    return embed(model, adapted, batch_size, progress=loading.progress)

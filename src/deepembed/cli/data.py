@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from deepembed.cli.common import handle_errors
+from deepembed.data import ROOTLESS
 from deepembed.data.prepare import info as dataset_info
 from deepembed.data.prepare import prepare as prepare_dataset
 from deepembed.errors import UserError
@@ -25,7 +26,7 @@ def prepare(
 ) -> None:
     """Download NAME from its official source (MD5-checked) into --root, or say what to place
     where (licensed datasets, offline machines); exit 1 when the data is not in place."""
-    if not root:
+    if not root and name not in ROOTLESS:
         raise UserError("data prepare needs --root DIR (where the dataset goes)")
     result = prepare_dataset(name, root)
     typer.echo("\n".join(result.lines))

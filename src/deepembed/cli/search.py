@@ -7,10 +7,10 @@ from typing import Annotated
 
 import numpy as np
 import typer
-from PIL import Image, UnidentifiedImageError
 
 from deepembed import index as index_lib
 from deepembed.cli.common import handle_errors, run_dir_of
+from deepembed.data.images import load_image
 from deepembed.errors import DataError
 from deepembed.inference import Embeddings
 from deepembed.models.embedder import Embedder
@@ -32,18 +32,6 @@ def build(
     typer.echo(f"indexed {len(index)} items ({index.dim}-d, {metric}) -> {path}")
 
 
-def load_image(path: Path) -> Image.Image:
-    """Open an image file, or say in one line why it is not one."""
-    if not path.is_file():
-        raise DataError(f"query image not found: {path}")
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return image.copy()
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
-        raise DataError(f"{path} is not a readable image (PNG or JPEG): {exc}") from exc
-
-
 @handle_errors
 def search(
     index: Annotated[Path, typer.Argument(help="Index directory from `index build`.")],
@@ -62,7 +50,9 @@ def search(
         raise DataError(f"-k must be at least 1, got {k}")
     opened = index_lib.open(index)
     if image is not None:
-        picture = load_image(image)
+        if not image.is_file():
+            raise DataError(f"query image not found: {image}")
+        picture = load_image(image)  # the one image loader: size guard, EXIF, any mode
         embedder = Embedder.load(model or run_dir_of(index) / "model")
         query = embedder.embed(embedder.preprocess(picture)).numpy()
         distances, ids = opened.search(query, k)

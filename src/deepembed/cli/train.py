@@ -7,12 +7,12 @@ from typing import Annotated
 
 import typer
 
-from deepembed import data
 from deepembed.cli.common import format_metrics, handle_errors, progress_enabled, run_dir_of
 from deepembed.config import load_config
+from deepembed.data.adapt import Loading
 from deepembed.errors import UserError
 from deepembed.evaluation import evaluate as evaluate_vectors
-from deepembed.inference import Embeddings, embed
+from deepembed.inference import Embeddings, embed_split
 from deepembed.io import write_json
 from deepembed.models.embedder import Embedder
 from deepembed.training import train as train_run
@@ -69,10 +69,11 @@ def embed_command(
     ] = None,
     quiet: Quiet = False,
 ) -> None:
-    """Embed a dataset split with a trained model: vectors, labels and ids to an .npz file."""
+    """Embed a dataset split with a model: vectors, labels and ids to an .npz file. Images
+    are preprocessed exactly as the model directory says (size, crop, channels)."""
     embedder = Embedder.load(model)
-    items = data.open(dataset, root, split, eval_per_source)
-    embeddings = embed(embedder, items, progress=progress_enabled(quiet))
+    loading = Loading(progress=progress_enabled(quiet))
+    embeddings = embed_split(embedder, dataset, root, split, eval_per_source, loading)
     path = embeddings.save(out or run_dir_of(model) / "embeddings" / f"{split}.npz")
     typer.echo(f"{len(embeddings)} embeddings of {dataset}/{split} -> {path}")
 
@@ -127,13 +128,13 @@ def evaluate(
         if bool(query_split) != bool(gallery_split):
             raise UserError("--query-split and --gallery-split go together")
         embedder = Embedder.load(model)
+        loading = Loading(progress=progress_enabled(quiet))
 
-        def embed_split(name: str) -> Embeddings:
-            items = data.open(dataset, root, name, eval_per_source)
-            return embed(embedder, items, progress=progress_enabled(quiet))
+        def embed_one(name: str) -> Embeddings:
+            return embed_split(embedder, dataset, root, name, eval_per_source, loading)
 
-        query = embed_split(query_split or split)
-        ref = embed_split(gallery_split) if gallery_split else None
+        query = embed_one(query_split or split)
+        ref = embed_one(gallery_split) if gallery_split else None
         sources = {"model": str(model), "dataset": dataset}
         sources |= {"query": query_split, "gallery": gallery_split} if ref else {"split": split}
         default_dir = run_dir_of(model)

@@ -332,9 +332,10 @@ def _report_bad(dataset: ImageFileDataset, bad: dict[int, str]) -> None:
         report = ScanReport(len(dataset), problems)
         raise DataError(report.summary() + " (set data.on_error=skip to drop them)")
     skip_log: SkipLog | None = dataset.skip_log
-    if skip_log is not None:
+    if skip_log is not None:  # its owner (the trainer) prints one summary line
         for file, reason in problems:
             skip_log.record(file, reason)
+        return
     log.warning("skipped %s", ScanReport(len(dataset), problems).summary())
 
 

@@ -1,60 +1,135 @@
-"""Embedder = input normalisation + backbone + head, saved as a self-describing directory."""
+"""Embedder = input normalisation + backbone + pooling + head, saved as a self-describing
+directory: config.json (architecture and the whole preprocessing) + model.safetensors.
+
+`Embedder.load(dir)` needs nothing else and never downloads: the backbone is rebuilt
+without pretrained weights and the saved tensors are loaded into it.
+"""
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from deepembed.errors import ModelFormatError
+from deepembed.data.preprocess import Preprocess
+from deepembed.errors import ConfigError, ModelFormatError
 from deepembed.io import atomic_dir, reading
-from deepembed.models.backbones import BACKBONES
+from deepembed.models.backbones import Backbone, Pretrained, create_backbone, default_pretrained
 from deepembed.models.heads import EmbeddingHead
+from deepembed.models.pooling import create_pool
 
-FORMAT_VERSION = 1  # bump when the directory layout or config meaning changes
+FORMAT_VERSION = 2  # 2: pooling, head BN, preprocess; version 1 directories still load
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
+_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.SyncBatchNorm)
 
 
 @dataclass
 class EmbedderSpec:
-    """Everything needed to rebuild an Embedder; written as config.json."""
+    """Everything needed to rebuild an Embedder; written as config.json.
+
+    `pool` "" and `preprocess` None mean the backbone's own; `image_size` > 0 rescales the
+    backbone's preprocessing to that square input (keeping its crop ratio); `in_channels`
+    0 is the backbone's default. `pretrained` records how the backbone was initialised
+    when the model was first built (loading a saved model never uses it).
+    """
 
     backbone: str = "small_cnn"
     backbone_params: dict[str, Any] = field(default_factory=dict)
-    embedding_dim: int = 128
+    pretrained: Pretrained | None = None
+    pool: str = ""
+    pool_params: dict[str, Any] = field(default_factory=dict)
+    embedding_dim: int = 128  # 0: the pooled features themselves
+    head_bn: bool = False
     normalize: bool = True
-    in_channels: int = 1
-    image_size: list[int] = field(default_factory=lambda: [28, 28])  # (H, W)
-    mean: list[float] = field(default_factory=lambda: [0.5])
-    std: list[float] = field(default_factory=lambda: [0.5])
+    in_channels: int = 0
+    image_size: int = 0
+    preprocess: dict[str, Any] | None = None
 
 
 class Embedder(nn.Module):
     """Maps images (B, C, H, W) with values in [0, 1] to embeddings (B, D)."""
 
-    def __init__(self, spec: EmbedderSpec) -> None:
+    def __init__(self, spec: EmbedderSpec, load_pretrained: bool = True) -> None:
         super().__init__()
-        self.spec = spec
-        self.backbone = BACKBONES.create(
-            spec.backbone, in_channels=spec.in_channels, **spec.backbone_params
+        channels = spec.in_channels or (spec.preprocess["channels"] if spec.preprocess else None)
+        self.backbone: Backbone = create_backbone(
+            spec.backbone,
+            spec.pretrained if load_pretrained else False,
+            channels or None,
+            **spec.backbone_params,
         )
-        self.head = EmbeddingHead(self.backbone.num_features, spec.embedding_dim, spec.normalize)
-        shape = (1, spec.in_channels, 1, 1)
-        self.register_buffer("mean", torch.tensor(spec.mean).reshape(shape), persistent=False)
-        self.register_buffer("std", torch.tensor(spec.std).reshape(shape), persistent=False)
+        pool_name, pool_params = (
+            (spec.pool, spec.pool_params) if spec.pool else self.backbone.default_pool
+        )
+        self.pool = create_pool(pool_name, self.backbone.num_features, **pool_params)
+        if spec.embedding_dim < 0:
+            raise ConfigError(f"model.embedding_dim must be >= 0, got {spec.embedding_dim}")
+        self.head = EmbeddingHead(
+            self.pool.out_features, spec.embedding_dim, spec.normalize, spec.head_bn
+        )
+        pre = Preprocess.from_dict(spec.preprocess) if spec.preprocess else self.backbone.preprocess
+        if spec.image_size:
+            pre = pre.at_size(spec.image_size)
+        self.preprocessing = pre
+        # the spec as saved: pooling and preprocessing resolved, nothing left to defaults
+        pretrained = spec.pretrained
+        if pretrained is None and load_pretrained:
+            pretrained = default_pretrained(spec.backbone)
+        self.spec = replace(
+            spec,
+            pretrained=pretrained,
+            pool=pool_name,
+            pool_params=dict(pool_params),
+            preprocess=pre.to_dict(),
+        )
+        shape = (1, pre.channels, 1, 1)
+        self.register_buffer("mean", torch.tensor(pre.mean).reshape(shape), persistent=False)
+        self.register_buffer("std", torch.tensor(pre.std).reshape(shape), persistent=False)
+        self._eval_modules: list[nn.Module] = []  # kept in eval mode while training
+
+    @property
+    def embedding_dim(self) -> int:
+        """D, the length of an embedding."""
+        return self.head.out_features
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone((images - self.mean) / self.std))
+        maps = self.backbone((images - self.mean) / self.std)  # (B, F, h, w)
+        return self.head(self.pool(maps))  # (B, D)
 
+    # -- fine-tuning controls ---------------------------------------------------------
+    def freeze(self, stages: int = 0, bn: bool = False) -> None:
+        """Freeze the first `stages` backbone stages (weights and BatchNorm statistics);
+        `bn` also keeps every BatchNorm of the backbone in eval mode (frozen statistics)."""
+        all_stages = self.backbone.stages()
+        if stages > len(all_stages):
+            raise ConfigError(
+                f"model.freeze_stages={stages} but {self.spec.backbone} has "
+                f"{len(all_stages)} stages"
+            )
+        self.backbone.requires_grad_(True)
+        frozen = [m for stage in all_stages[:stages] for m in stage]
+        for module in frozen:
+            module.requires_grad_(False)
+        self._eval_modules = [m for f in frozen for m in f.modules()]
+        if bn:
+            self._eval_modules += [m for m in self.backbone.modules() if isinstance(m, _BN)]
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> Embedder:
+        super().train(mode)
+        for module in self._eval_modules:
+            module.eval()
+        return self
+
+    # -- use ----------------------------------------------------------------------------
     @torch.no_grad()
-    def embed(self, images: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+    def embed(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
         """Embeddings (B, D) on the CPU of images (B, C, H, W) or one image (C, H, W), eval mode."""
         was_training = self.training
         self.eval()
@@ -66,26 +141,20 @@ class Embedder(nn.Module):
             for i in range(0, len(images), batch_size)
         ]
         self.train(was_training)
-        return torch.cat(out) if out else torch.empty(0, self.spec.embedding_dim)
+        return torch.cat(out) if out else torch.empty(0, self.embedding_dim)
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
-        """A PIL image -> (C, H, W) float in [0, 1] at this model's input size and channels."""
-        mode = "L" if self.spec.in_channels == 1 else "RGB"
-        h, w = self.spec.image_size
-        image = image.convert(mode).resize((w, h), Image.Resampling.BILINEAR)
-        array = np.asarray(image, dtype=np.float32) / 255.0
-        tensor = torch.from_numpy(array)
-        return tensor[None] if tensor.ndim == 2 else tensor.permute(2, 0, 1)
+        """A PIL image of any mode -> (C, H, W) float in [0, 1]: exactly the evaluation
+        transform this model was trained and evaluated with."""
+        return self.preprocessing.transform()(image)
 
+    # -- files --------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
         """Write config.json + model.safetensors to `path` atomically (temp dir, then rename)."""
         path = Path(path)
         with atomic_dir(path) as tmp:
-            config = {
-                "format_version": FORMAT_VERSION,
-                "kind": "deepembed.Embedder",
-                **asdict(self.spec),
-            }
+            config = {"format_version": FORMAT_VERSION, "kind": "deepembed.Embedder"}
+            config |= asdict(self.spec)
             (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
             state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
             save_file(state, str(tmp / WEIGHTS_FILE))
@@ -93,9 +162,11 @@ class Embedder(nn.Module):
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu") -> Embedder:
-        """Rebuild a saved model from its directory alone."""
+        """Rebuild a saved model from its directory alone (no download, no weights files)."""
         path = Path(path)
         config_path, weights_path = path / CONFIG_FILE, path / WEIGHTS_FILE
+        if not path.is_dir():
+            raise ModelFormatError(f"model directory not found: {path}")
         for required in (config_path, weights_path):
             if not required.is_file():
                 raise ModelFormatError(f"model directory {path} is incomplete: no {required.name}")
@@ -105,16 +176,45 @@ class Embedder(nn.Module):
             raise ModelFormatError(f"{config_path} does not describe a deepembed model")
         version = config.pop("format_version", None)
         config.pop("kind")
-        if version != FORMAT_VERSION:
+        if version == 1:
+            config = _from_version_1(config)
+        elif version != FORMAT_VERSION:
             raise ModelFormatError(
-                f"model {path} has format_version {version}; this deepembed reads {FORMAT_VERSION}"
+                f"model {path} has format_version {version}; this deepembed reads "
+                f"1-{FORMAT_VERSION}"
             )
         with reading(weights_path, "a safetensors weights file", ModelFormatError):
             state = load_file(str(weights_path))
         try:
-            model = cls(EmbedderSpec(**config))
+            model = cls(EmbedderSpec(**config), load_pretrained=False)
             model.load_state_dict(state)
-        except (TypeError, RuntimeError, ValueError, OSError) as exc:
+        except (TypeError, RuntimeError, ValueError, OSError, ConfigError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelFormatError(f"model {path} cannot be loaded: {first}") from exc
         return model.to(device).eval()
+
+
+def _from_version_1(config: dict[str, Any]) -> dict[str, Any]:
+    """A version-1 config.json (small_cnn only, pooling inside the backbone) as version 2."""
+    params = dict(config.get("backbone_params", {}))
+    grid = params.pop("pool_size", 1)
+    h, w = config.get("image_size", [28, 28])
+    channels = int(config.get("in_channels", 1))
+    preprocess = Preprocess(
+        (int(h), int(w)),
+        channels,
+        0,  # version 1 resized straight to the input size
+        "bilinear",
+        tuple(config.get("mean", [0.5] * channels)),
+        tuple(config.get("std", [0.5] * channels)),
+    )
+    return {
+        "backbone": config.get("backbone", "small_cnn"),
+        "backbone_params": params,
+        "pool": "gridmax",
+        "pool_params": {"grid": grid},
+        "embedding_dim": config.get("embedding_dim", 128),
+        "normalize": config.get("normalize", True),
+        "in_channels": channels,
+        "preprocess": preprocess.to_dict(),
+    }

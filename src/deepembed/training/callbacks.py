@@ -58,7 +58,7 @@ class EvaluateCallback(Callback):
         key: str,
         metrics: tuple[str, ...],
         distance: str = "cosine",
-        batch_size: int = 1024,
+        batch_size: int = 0,
         every: int = 1,
         progress: bool = True,
         gallery: Dataset | None = None,

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,25 +11,36 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.optim import Adam
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from deepembed import data
 from deepembed.config import RunConfig, save_config
 from deepembed.data.datasets import collate
-from deepembed.data.transforms import PRESETS, batch_augmentation
-from deepembed.errors import ConfigError, UserError
-from deepembed.evaluation import evaluate, parse_metrics
-from deepembed.evaluation.knn import KNN_DISTANCES
+from deepembed.data.transforms import train_augmentation
+from deepembed.evaluation import evaluate
 from deepembed.inference import Embeddings, embed
 from deepembed.io import atomic_dir, write_json
 from deepembed.losses import MetricLoss
 from deepembed.miners import Miner
-from deepembed.models.embedder import Embedder, EmbedderSpec
+from deepembed.models.embedder import Embedder
+from deepembed.training.build import (
+    Splits,
+    adapt_splits,
+    build_model,
+    check_names,
+    make_optimizer,
+    make_sampler,
+    make_scheduler,
+    open_splits,
+    resolve_device,
+    seed_everything,
+)
 from deepembed.training.callbacks import BestCheckpoint, Callback, EvaluateCallback, TrainState
 from deepembed.training.objective import build_objective
 from deepembed.training.rundir import SkipReporter, attach_skip_log, check_run_dir
+
+__all__ = ["Prepared", "TrainResult", "build_model", "evaluate_embeddings", "prepare", "train"]
 
 
 @dataclass
@@ -42,126 +51,6 @@ class TrainResult:
     model_dir: Path
     metrics: dict[str, Any]
     history: list[dict[str, Any]] = field(default_factory=list)
-
-
-def resolve_device(name: str) -> torch.device:
-    """ "auto" -> cuda when available, else cpu; explicit names are checked."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise ConfigError(f"train.device: {exc}") from exc
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"train.device={name!r} but CUDA is not available on this machine")
-    return device
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def build_model(config: RunConfig, image_shape: tuple[int, int, int]) -> Embedder:
-    """The Embedder a config describes, for images of shape (C, H, W); it normalises its
-    inputs with the transform preset's mean/std, so a saved model needs no data pipeline."""
-    c, h, w = image_shape
-    preset = PRESETS[config.data.transform]
-    spec = EmbedderSpec(
-        backbone=config.model.backbone,
-        backbone_params=dict(config.model.backbone_params),
-        embedding_dim=config.model.embedding_dim,
-        normalize=config.model.normalize,
-        in_channels=c,
-        image_size=[h, w],
-        mean=list(preset.mean) if c == 3 else [preset.mean[0]] * c,
-        std=list(preset.std) if c == 3 else [preset.std[0]] * c,
-    )
-    return Embedder(spec)
-
-
-SCHEDULES = ("cosine", "constant")
-
-
-def check_schedule(schedule: str) -> str:
-    """A known learning-rate schedule name, else a ConfigError naming optim.schedule."""
-    if schedule not in SCHEDULES:
-        raise ConfigError(
-            f"optim.schedule: unknown schedule {schedule!r}; known: {', '.join(SCHEDULES)}"
-        )
-    return schedule
-
-
-def make_scheduler(
-    optimizer: torch.optim.Optimizer, schedule: str, total_steps: int
-) -> torch.optim.lr_scheduler.LRScheduler:
-    """Per-step learning-rate schedule: "cosine" decays to 0 over the run, "constant" keeps it."""
-    if check_schedule(schedule) == "constant":
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / max(1, total_steps))),
-    )
-
-
-def cap_per_class(dataset: data.Dataset, per_class: int, seed: int) -> data.Dataset:
-    """At most `per_class` images of each class (seeded choice); 0 keeps everything."""
-    if per_class <= 0:
-        return dataset
-    rng = np.random.default_rng(seed)
-    keep = [
-        rng.permutation(np.flatnonzero(dataset.labels == c))[:per_class]
-        for c in np.unique(dataset.labels)
-    ]
-    return dataset.subset(np.sort(np.concatenate(keep)))
-
-
-@dataclass
-class Splits:
-    """The datasets of a run: train, validation (or None), and the test query/gallery sets."""
-
-    train: data.Dataset
-    val: data.Dataset | None
-    query: data.Dataset
-    gallery: data.Dataset | None  # None: leave-one-out on `query`
-
-
-def open_split(config: RunConfig, split: str, train: bool = False) -> data.Dataset:
-    """One split of the configured dataset, with the training or evaluation transform."""
-    d = config.data
-    return data.open(
-        d.name,
-        d.root,
-        split,
-        d.eval_per_source,
-        config.train.seed,
-        transform=d.transform,
-        augment=train,
-        on_error=d.on_error,
-        scan=d.scan,
-        max_image_pixels=d.max_image_pixels,
-    )
-
-
-def open_splits(config: RunConfig) -> Splits:
-    """The run's datasets. Validation classes are carved from the training classes
-    (data.val_classes > 0), so checkpoints are chosen without ever seeing the test classes."""
-    d = config.data
-    train_set = open_split(config, "train", train=True)
-    val_set = None
-    if d.val_classes > 0:
-        train_set, val_set = data.validation_split(train_set, d.val_classes, config.train.seed)
-        if isinstance(val_set, data.ImageFileDataset):  # evaluate without augmentation
-            val_set = val_set.with_transform(data.build_transforms(d.transform, train=False))
-        val_set = cap_per_class(val_set, d.val_per_class, config.train.seed)
-    query_split, gallery_split = data.eval_splits(d.name)
-    query = open_split(config, query_split)
-    gallery = open_split(config, gallery_split) if gallery_split else None
-    return Splits(
-        cap_per_class(train_set, d.train_per_class, config.train.seed), val_set, query, gallery
-    )
 
 
 def evaluate_embeddings(
@@ -178,44 +67,6 @@ def evaluate_embeddings(
     )
 
 
-def make_sampler(config: RunConfig, train_set: data.Dataset) -> data.PKSampler:
-    """P x K batches over the training set (within super-classes when configured)."""
-    s = config.sampler
-    if s.super_classes_per_batch > 0:
-        super_labels = getattr(train_set, "super_labels", None)
-        if super_labels is None:
-            raise ConfigError(
-                f"sampler.super_classes_per_batch needs super-class labels; "
-                f"dataset {config.data.name!r} has none"
-            )
-        return data.HierarchicalPKSampler(
-            train_set.labels,
-            super_labels,
-            s.classes_per_batch,
-            s.images_per_class,
-            s.super_classes_per_batch,
-            config.train.seed,
-            s.small_classes,
-        )
-    return data.PKSampler(
-        train_set.labels,
-        s.classes_per_batch,
-        s.images_per_class,
-        config.train.seed,
-        s.small_classes,
-    )
-
-
-def make_optimizer(config: RunConfig, model: torch.nn.Module, loss_fn: MetricLoss) -> Adam:
-    """Adam over the model and, at their own learning rate optim.loss_lr, the loss's learned
-    parameters (proxies, class weights, margin beta)."""
-    groups: list[dict[str, Any]] = [{"params": list(model.parameters())}]
-    learned = [p for p in loss_fn.parameters() if p.requires_grad]
-    if learned:
-        groups.append({"params": learned, "lr": config.optim.loss_lr, "weight_decay": 0.0})
-    return Adam(groups, lr=config.optim.lr, weight_decay=config.optim.weight_decay)
-
-
 @dataclass
 class Prepared:
     """Everything a run needs, built and checked before anything is written."""
@@ -229,42 +80,16 @@ class Prepared:
     device: torch.device
 
 
-def check_names(config: RunConfig) -> None:
-    """The names other modules resolve late (metrics, distance, transform, schedule), now."""
-    check_schedule(config.optim.schedule)
-    try:
-        parse_metrics(config.eval.metrics)
-    except UserError as exc:
-        raise ConfigError(f"eval.metrics: {exc}") from exc
-    if config.eval.distance not in KNN_DISTANCES:
-        raise ConfigError(
-            f"eval.distance: unknown distance {config.eval.distance!r}; "
-            f"known: {', '.join(KNN_DISTANCES)}"
-        )
-    if config.data.transform not in PRESETS:
-        raise ConfigError(
-            f"data.transform: unknown preset {config.data.transform!r}; known: {', '.join(PRESETS)}"
-        )
-    if config.data.val_classes > 0 and config.train.select not in config.eval.metrics:
-        raise ConfigError(
-            f"train.select={config.train.select!r} must be one of eval.metrics "
-            f"({', '.join(config.eval.metrics)})"
-        )
-
-
 def prepare(config: RunConfig) -> Prepared:
     """Validate the config and open, build and check every part of the run, writing nothing."""
     check_names(config)
     device = resolve_device(config.train.device)
     seed_everything(config.train.seed)
     splits = open_splits(config)
-    try:
-        model = build_model(config, splits.train.image_shape).to(device)
-    except (TypeError, ValueError) as exc:  # the backbone refused its parameters
-        raise ConfigError(f"model.backbone_params: {exc}") from exc
+    model = build_model(config, splits.train).to(device)
     # dataset labels -> contiguous class indices 0..C-1 (class-parameter losses index by them)
     class_index = torch.as_tensor(np.unique(splits.train.labels), device=device)
-    loss_fn, miner = build_objective(config, len(class_index), config.model.embedding_dim)
+    loss_fn, miner = build_objective(config, len(class_index), model.embedding_dim)
     sampler = make_sampler(config, splits.train)
     return Prepared(splits, model, class_index, loss_fn.to(device), miner, sampler, device)
 
@@ -285,6 +110,13 @@ def train(config: RunConfig, progress: bool = True, overwrite: bool = False) -> 
         save_config(config, stage / "config.yaml")
         skip_log = attach_skip_log(ready.splits, stage / "skipped.txt")
         skips = SkipReporter(skip_log, run_dir / "skipped.txt")
+        # image files are decoded (once, into the cache) only now: skips land in the log
+        splits = adapt_splits(ready.splits, ready.model.preprocessing, config, progress)
+        # unreadable files may have been dropped while caching: sample what is left
+        ready = dataclasses.replace(
+            ready, splits=splits, sampler=make_sampler(config, splits.train)
+        )
+        skips.report()
         result = fit(config, ready, stage, skips, progress)
     return dataclasses.replace(result, run_dir=run_dir, model_dir=run_dir / "model")
 
@@ -305,7 +137,11 @@ def fit(
     loader = DataLoader(
         train_set, batch_sampler=sampler, collate_fn=collate, num_workers=config.data.num_workers
     )
-    augment = batch_augmentation(config.data.transform, config.data.augment).to(device)
+    # in-memory small images: random affine on the whole batch; image files are augmented
+    # per item (random resized crop + flip) by their dataset
+    augment = train_augmentation(
+        config.data.augment and isinstance(train_set, data.TensorImageDataset)
+    ).to(device)
     use_amp = config.train.amp and device.type == "cuda"
     steps_per_epoch = (
         len(sampler) if config.train.max_steps <= 0 else min(len(sampler), config.train.max_steps)
@@ -334,8 +170,13 @@ def fit(
 
     history: list[dict[str, Any]] = []
     history_path = run_dir / "history.jsonl"
+    mc = config.model
     for epoch in range(config.train.epochs):
         sampler.set_epoch(epoch)
+        if epoch < config.train.warmup_epochs:  # head-only warm-up: the backbone as loaded
+            model.freeze(len(model.backbone.stages()), bn=True)
+        elif epoch == config.train.warmup_epochs:
+            model.freeze(mc.freeze_stages, mc.freeze_bn)
         model.train()
         start, seen, total_loss = time.perf_counter(), 0, 0.0
         bar = tqdm(
