@@ -140,6 +140,8 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = False  # mixed precision on CUDA
+    channels_last: bool = True  # NHWC memory layout (faster convolutions on CPU and GPU)
+    frozen_views: int = 0  # > 0: frozen stages run once on this many augmented views per image
     eval_every: int = 1  # epochs between evaluations (validation split, else test); 0 = at end
     threads: int = 0  # torch intra-op threads; 0 = torch's default
     select: str = "map@r"  # validation metric that picks the kept checkpoint (higher is better)
@@ -155,6 +157,7 @@ class TrainConfig:
         require(self.max_steps >= 0, "train.max_steps", ">= 0 (0: no cap)", self.max_steps)
         require(self.eval_every >= 0, "train.eval_every", ">= 0 (0: at the end)", self.eval_every)
         require(self.threads >= 0, "train.threads", ">= 0 (0: torch's default)", self.threads)
+        require(self.frozen_views >= 0, "train.frozen_views", ">= 0", self.frozen_views)
 
 
 @dataclass

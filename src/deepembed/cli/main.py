@@ -9,6 +9,7 @@ import typer
 
 from deepembed.cli.data import data_app
 from deepembed.cli.export import export_app
+from deepembed.cli.model import model_app
 from deepembed.cli.plot import plot_app
 from deepembed.cli.search import index_app, search
 from deepembed.cli.train import embed_command, evaluate, train
@@ -27,6 +28,7 @@ app.command("search")(search)
 app.add_typer(index_app, name="index")
 app.add_typer(plot_app, name="plot")
 app.add_typer(data_app, name="data")
+app.add_typer(model_app, name="model")
 app.add_typer(export_app, name="export")
 
 

@@ -33,9 +33,20 @@ class Backbone(nn.Module):
     default_pool: tuple[str, dict[str, Any]] = ("avg", {})
     follows_data = False  # True: input channels and size follow the training data
 
+    splittable = False  # True: run(x, start, end) can stop and resume between stages
+
     def stages(self) -> list[list[nn.Module]]:
         """Its layers grouped into stages, input first (freezing the first N stages)."""
         raise NotImplementedError
+
+    def run(self, x: torch.Tensor, start: int = 0, end: int | None = None) -> torch.Tensor:
+        """Stages start..end-1 on `x` (images for start 0, else stage start-1's output).
+
+        Splittable backbones let the trainer compute frozen first stages once per image.
+        """
+        if start == 0 and end is None:
+            return self(x)
+        raise NotImplementedError(f"{type(self).__name__} cannot run part of its stages")
 
 
 BACKBONES: dict[str, Callable[..., Backbone]] = {}
@@ -198,13 +209,23 @@ class EfficientNetLite0(Backbone):
         nxt = self.blocks[i + 1]
         return nxt._block_args.output_filters != block._block_args.output_filters
 
+    splittable = True
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem(x)
+        return self.run(x)  # (B, 1280, H/32, W/32)
+
+    def run(self, x: torch.Tensor, start: int = 0, end: int | None = None) -> torch.Tensor:
         n = len(self.blocks)
-        for i, block in enumerate(self.blocks):
-            rate = self._drop_connect * i / n if self._drop_connect else None
-            x = block(x, drop_connect_rate=rate)
-        return self.head(x)  # (B, 1280, H/32, W/32)
+        index = {id(b): i for i, b in enumerate(self.blocks)}
+        for stage in self.stages()[start:end]:
+            for module in stage:
+                if id(module) in index:  # drop-connect grows with depth, as in the paper
+                    i = index[id(module)]
+                    rate = self._drop_connect * i / n if self._drop_connect else None
+                    x = module(x, drop_connect_rate=rate)
+                else:
+                    x = module(x)
+        return x
 
     def stages(self) -> list[list[nn.Module]]:
         out, start = [[self.stem]], 0

@@ -102,6 +102,14 @@ class Embedder(nn.Module):
         maps = self.backbone((images - self.mean) / self.std)  # (B, F, h, w)
         return self.head(self.pool(maps))  # (B, D)
 
+    def features_at(self, images: torch.Tensor, stage: int) -> torch.Tensor:
+        """The output of the first `stage` backbone stages (splittable backbones)."""
+        return self.backbone.run((images - self.mean) / self.std, 0, stage)
+
+    def forward_from(self, features: torch.Tensor, stage: int) -> torch.Tensor:
+        """Embeddings from `features_at(images, stage)`: the rest of forward()."""
+        return self.head(self.pool(self.backbone.run(features, stage)))
+
     # -- fine-tuning controls ---------------------------------------------------------
     def freeze(self, stages: int = 0, bn: bool = False) -> None:
         """Freeze the first `stages` backbone stages (weights and BatchNorm statistics);

@@ -37,6 +37,7 @@ from deepembed.training.build import (
     seed_everything,
 )
 from deepembed.training.callbacks import BestCheckpoint, Callback, EvaluateCallback, TrainState
+from deepembed.training.frozen import FeatureBank, bank_bytes, build_bank
 from deepembed.training.objective import build_objective
 from deepembed.training.rundir import SkipReporter, attach_skip_log, check_run_dir
 
@@ -121,6 +122,40 @@ def train(config: RunConfig, progress: bool = True, overwrite: bool = False) -> 
     return dataclasses.replace(result, run_dir=run_dir, model_dir=run_dir / "model")
 
 
+def frozen_bank(
+    config: RunConfig, model: Embedder, train_set: Any, run_dir: Path, progress: bool
+) -> tuple[int, FeatureBank | None]:
+    """(stage, bank) when train.frozen_views asks for one and the model allows it, else
+    (0, None): the frozen first stages are then recomputed every step."""
+    stage, views = config.model.freeze_stages, config.train.frozen_views
+    if views <= 0 or stage <= 0:
+        return 0, None
+    if not model.backbone.splittable:
+        tqdm.write(
+            f"train.frozen_views: {config.model.backbone} cannot be split between stages; "
+            "its frozen stages are recomputed each step"
+        )
+        return 0, None
+    size = bank_bytes(model, stage, len(train_set), views)
+    if size > config.data.max_cache_gb * 2**30:
+        tqdm.write(
+            f"train.frozen_views: the bank would take {size / 2**30:.1f} GB > data.max_cache_gb; "
+            "frozen stages are recomputed each step"
+        )
+        return 0, None
+    bank = build_bank(
+        model,
+        stage,
+        train_set,
+        views,
+        run_dir,
+        config.train.seed,
+        workers=config.data.num_workers,
+        progress=progress,
+    )
+    return stage, bank
+
+
 def fit(
     config: RunConfig, ready: Prepared, run_dir: Path, skips: SkipReporter, progress: bool
 ) -> TrainResult:
@@ -134,8 +169,14 @@ def fit(
         ready.class_index,
     )
     optimizer = make_optimizer(config, model, loss_fn)
+    if config.train.channels_last:  # convolutions on CPU and GPU run faster NHWC
+        model.to(memory_format=torch.channels_last)
+    stage, bank = frozen_bank(config, model, train_set, run_dir, progress)
     loader = DataLoader(
-        train_set, batch_sampler=sampler, collate_fn=collate, num_workers=config.data.num_workers
+        bank or train_set,
+        batch_sampler=sampler,
+        collate_fn=collate,
+        num_workers=0 if bank else config.data.num_workers,
     )
     # in-memory small images: random affine on the whole batch; image files are augmented
     # per item (random resized crop + flip) by their dataset
@@ -189,9 +230,14 @@ def fit(
             if step >= steps_per_epoch:
                 break
             images = images.to(device, non_blocking=True)
+            if config.train.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
             labels = torch.searchsorted(class_index, labels.to(device))  # (B,) in 0..C-1
             with torch.autocast(device.type, enabled=use_amp):
-                embeddings = model(augment(images))  # (B, D)
+                if bank is not None:  # images are the frozen stages' output
+                    embeddings = model.forward_from(images, stage)  # (B, D)
+                else:
+                    embeddings = model(augment(images))  # (B, D)
             mined = miner(embeddings, labels) if miner is not None else None
             loss = loss_fn(embeddings.float(), labels, mined)
             optimizer.zero_grad(set_to_none=True)
