@@ -95,6 +95,15 @@ OUT_OF_RANGE = [
     "sampler.images_per_class=0",
     "sampler.super_classes_per_batch=-1",
     "model.embedding_dim=-1",
+    "model.image_size=-1",
+    "model.freeze_stages=-1",
+    "data.max_cache_gb=-1",
+    "data.crop_scale=0",
+    "data.crop_scale=1.5",
+    "optim.backbone_lr_mult=-0.5",
+    "train.warmup_epochs=3",
+    "train.frozen_views=-1",
+    "train.channels_last=maybe",
     "optim.lr=0",
     "optim.weight_decay=-0.1",
     "optim.loss_lr=-1",
@@ -105,6 +114,11 @@ OUT_OF_RANGE = [
     "eval.metrics=[]",
     "eval.batch_size=-1",
 ]
+
+
+def test_removed_key_says_what_replaced_it() -> None:
+    with pytest.raises(ConfigError, match=r"data\.transform' was removed: .*model\.image_size"):
+        load_config(None, ["data.transform=small"])
 
 
 @pytest.mark.parametrize("override", OUT_OF_RANGE)

@@ -9,7 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
+from deepembed import data
 from deepembed.config import RunConfig, load_config
 from deepembed.errors import ConfigError
 from deepembed.evaluation import evaluate
@@ -141,3 +143,98 @@ def test_selection_metric_must_be_evaluated(tmp_path: Path) -> None:
     config = tiny_config(tmp_path, "data.val_classes=0.2", "train.select=recall@100")
     with pytest.raises(ConfigError, match=r"train\.select"):
         train(config, progress=False)
+
+
+def test_frozen_bank_equals_the_plain_computation(tmp_path: Path) -> None:
+    """The fast path: frozen stages run once into a float16 bank; the remaining stages on a
+    bank entry give what the whole model gives on the same image (float16 rounding aside)."""
+    from deepembed.training.frozen import build_bank
+
+    torch.manual_seed(0)
+    model = Embedder(
+        EmbedderSpec(
+            backbone="efficientnet_lite0", pretrained=False, embedding_dim=8, image_size=32
+        )
+    )
+    model.freeze(4, bn=True)
+    images = torch.rand(10, 3, 32, 32)
+    labels = np.arange(10) % 3
+    dataset = data.TensorImageDataset((images.numpy() * 255).round().astype(np.uint8), labels)
+    bank = build_bank(model, 4, dataset, views=2, directory=tmp_path, seed=0, progress=False)
+    assert list(tmp_path.iterdir()) == []  # the backing file is already unlinked
+    assert bank.views.shape[:2] == (10, 2)
+    model.eval()
+    pixels = dataset.__getitems__(list(range(10)))[0]
+    plain = model(pixels)
+    features, got_labels = bank.__getitems__(list(range(10)))
+    assert np.array_equal(got_labels.numpy(), labels)
+    fast = model.forward_from(features, 4)
+    assert torch.allclose(fast, plain, atol=5e-3), (fast - plain).abs().max()
+    exact = model.forward_from(model.features_at(pixels, 4), 4)
+    assert torch.allclose(exact, plain, atol=1e-6)
+
+
+def test_frozen_views_run_trains_only_the_later_stages(tmp_path: Path) -> None:
+    """A run with frozen stages and a bank: the frozen stages end exactly as loaded, the
+    later ones change, and the run finishes with its metrics."""
+    root = tmp_path / "data"
+    rng = np.random.default_rng(0)
+    for c in range(4):
+        (root / f"c{c}").mkdir(parents=True)
+        for i in range(6):
+            pixels = np.clip(rng.normal(60 * c, 30, (40, 40, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / f"c{c}" / f"{i}.png")
+    config = load_config(
+        None,
+        [
+            f"output_dir={tmp_path}",
+            "name=bank",
+            "data.name=folder",
+            f"data.root={root}",
+            "model.backbone=efficientnet_lite0",
+            "model.image_size=32",
+            "model.embedding_dim=8",
+            "model.freeze_stages=5",
+            "model.freeze_bn=true",
+            "sampler.classes_per_batch=2",
+            "sampler.images_per_class=3",
+            "train.epochs=2",
+            "train.frozen_views=2",
+            "eval.metrics=[recall@1]",
+            "loss.name=contrastive",
+            "miner.name=",
+        ],
+    )
+    before = Embedder(EmbedderSpec(backbone="efficientnet_lite0", image_size=32)).state_dict()
+    result = train(config, progress=False)
+    after = Embedder.load(result.model_dir).state_dict()
+    frozen = [k for k in after if k.startswith(("backbone.stem", "backbone.blocks.0."))]
+    later = [k for k in after if k.startswith("backbone.head.0")]
+    assert frozen and all(torch.equal(after[k], before[k]) for k in frozen)
+    assert later and not all(torch.equal(after[k], before[k]) for k in later)
+    assert "recall@1" in result.metrics
+
+
+def test_warmup_epochs_train_the_head_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """train.warmup_epochs=1: after epoch 1 the backbone (weights and BatchNorm statistics)
+    is exactly as built and the head has moved; after epoch 2 the backbone has moved too."""
+    from deepembed.training import callbacks
+
+    snapshots: list[dict[str, torch.Tensor]] = []
+    original = callbacks.EvaluateCallback.on_epoch_end
+
+    def snapshot(self: callbacks.EvaluateCallback, state: callbacks.TrainState) -> None:
+        snapshots.append({k: v.clone() for k, v in state.model.state_dict().items()})
+        original(self, state)
+
+    monkeypatch.setattr(callbacks.EvaluateCallback, "on_epoch_end", snapshot)
+    config = tiny_config(tmp_path, "train.warmup_epochs=1", "train.eval_every=0")
+    seed_everything(config.train.seed)
+    initial = build_model(config, open_splits(config).train).state_dict()
+    train(config, progress=False)
+    after_warmup, after_all = snapshots
+    backbone = [k for k in initial if k.startswith("backbone.")]
+    assert any("running_mean" in k for k in backbone)
+    assert all(torch.equal(after_warmup[k], initial[k]) for k in backbone)
+    assert not torch.equal(after_warmup["head.linear.weight"], initial["head.linear.weight"])
+    assert not all(torch.equal(after_all[k], initial[k]) for k in backbone)

@@ -140,7 +140,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = False  # mixed precision on CUDA
-    channels_last: bool = True  # NHWC memory layout (faster convolutions on CPU and GPU)
+    channels_last: bool | str = "auto"  # NHWC layout: true | false | auto (true from 64 px on)
     frozen_views: int = 0  # > 0: frozen stages run once on this many augmented views per image
     eval_every: int = 1  # epochs between evaluations (validation split, else test); 0 = at end
     threads: int = 0  # torch intra-op threads; 0 = torch's default
@@ -158,6 +158,10 @@ class TrainConfig:
         require(self.eval_every >= 0, "train.eval_every", ">= 0 (0: at the end)", self.eval_every)
         require(self.threads >= 0, "train.threads", ">= 0 (0: torch's default)", self.threads)
         require(self.frozen_views >= 0, "train.frozen_views", ">= 0", self.frozen_views)
+        layout = self.channels_last
+        require(
+            layout in (True, False, "auto"), "train.channels_last", "true, false or auto", layout
+        )
 
 
 @dataclass

@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from deepembed.evaluation import evaluate
-from deepembed.inference import embed
+from deepembed.inference import Embeddings, embed
 from deepembed.models.embedder import Embedder
 
 
@@ -66,6 +66,7 @@ class EvaluateCallback(Callback):
         self.dataset, self.gallery, self.key, self.metrics = dataset, gallery, key, metrics
         self.distance, self.batch_size, self.every = distance, batch_size, every
         self.progress = progress
+        self.latest: tuple[int, Embeddings, Embeddings | None] | None = None  # epoch, q, g
 
     def due(self, state: TrainState) -> bool:
         return state.last or (self.every > 0 and state.epoch % self.every == 0)
@@ -86,6 +87,7 @@ class EvaluateCallback(Callback):
             distance=self.distance,
         )
         state.record[self.key] = result
+        self.latest = (state.epoch, query, gallery)
         if self.progress:
             shown = ", ".join(f"{m} {result[m]:.4f}" for m in self.metrics if m in result)
             tqdm.write(f"epoch {state.epoch} {self.key}: {shown}")

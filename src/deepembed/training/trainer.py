@@ -79,6 +79,7 @@ class Prepared:
     miner: Miner | None
     sampler: data.PKSampler
     device: torch.device
+    timings: dict[str, float] = field(default_factory=dict)  # seconds, to metrics.json
 
 
 def prepare(config: RunConfig) -> Prepared:
@@ -112,11 +113,13 @@ def train(config: RunConfig, progress: bool = True, overwrite: bool = False) -> 
         skip_log = attach_skip_log(ready.splits, stage / "skipped.txt")
         skips = SkipReporter(skip_log, run_dir / "skipped.txt")
         # image files are decoded (once, into the cache) only now: skips land in the log
+        start = time.perf_counter()
         splits = adapt_splits(ready.splits, ready.model.preprocessing, config, progress)
         # unreadable files may have been dropped while caching: sample what is left
         ready = dataclasses.replace(
             ready, splits=splits, sampler=make_sampler(config, splits.train)
         )
+        ready.timings["decode_s"] = time.perf_counter() - start
         skips.report()
         result = fit(config, ready, stage, skips, progress)
     return dataclasses.replace(result, run_dir=run_dir, model_dir=run_dir / "model")
@@ -169,9 +172,17 @@ def fit(
         ready.class_index,
     )
     optimizer = make_optimizer(config, model, loss_fn)
-    if config.train.channels_last:  # convolutions on CPU and GPU run faster NHWC
+    # NHWC: depthwise convolutions of pretrained backbones run several times faster (CPU
+    # and GPU); small grey images gain nothing
+    channels_last = config.train.channels_last is True or (
+        config.train.channels_last == "auto" and min(model.preprocessing.input_size) >= 64
+    )
+    if channels_last:
         model.to(memory_format=torch.channels_last)
-    stage, bank = frozen_bank(config, model, train_set, run_dir, progress)
+    timings = ready.timings
+    bank_start = time.perf_counter()
+    frozen_at, bank = frozen_bank(config, model, train_set, run_dir, progress)
+    timings["frozen_bank_s"] = time.perf_counter() - bank_start
     loader = DataLoader(
         bank or train_set,
         batch_sampler=sampler,
@@ -195,19 +206,17 @@ def fit(
     checkpoint = BestCheckpoint(
         run_dir / "model", "val" if val_set is not None else None, config.train.select
     )
-    callbacks: list[Callback] = [
-        EvaluateCallback(
-            val_set if val_set is not None else splits.query,
-            monitor_key,
-            metric_names,
-            config.eval.distance,
-            config.eval.batch_size,
-            config.train.eval_every,
-            progress,
-            gallery=None if val_set is not None else splits.gallery,
-        ),
-        checkpoint,
-    ]
+    evaluator = EvaluateCallback(
+        val_set if val_set is not None else splits.query,
+        monitor_key,
+        metric_names,
+        config.eval.distance,
+        config.eval.batch_size,
+        config.train.eval_every,
+        progress,
+        gallery=None if val_set is not None else splits.gallery,
+    )
+    callbacks: list[Callback] = [evaluator, checkpoint]
 
     history: list[dict[str, Any]] = []
     history_path = run_dir / "history.jsonl"
@@ -230,12 +239,12 @@ def fit(
             if step >= steps_per_epoch:
                 break
             images = images.to(device, non_blocking=True)
-            if config.train.channels_last:
+            if channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             labels = torch.searchsorted(class_index, labels.to(device))  # (B,) in 0..C-1
             with torch.autocast(device.type, enabled=use_amp):
                 if bank is not None:  # images are the frozen stages' output
-                    embeddings = model.forward_from(images, stage)  # (B, D)
+                    embeddings = model.forward_from(images, frozen_at)  # (B, D)
                 else:
                     embeddings = model(augment(images))  # (B, D)
             mined = miner(embeddings, labels) if miner is not None else None
@@ -266,14 +275,22 @@ def fit(
         with history_path.open("a") as f:
             f.write(json.dumps(state.record) + "\n")
 
-    # the kept checkpoint (best on validation, or the last epoch) is what gets tested
+    timings["epochs_s"] = time.perf_counter() - bank_start - timings["frozen_bank_s"]
+    test_start = time.perf_counter()
+    # the kept checkpoint (best on validation, or the last epoch) is what gets tested; when
+    # the test set was just embedded with that very model, those embeddings are reused
     model_dir = run_dir / "model"
-    kept = Embedder.load(model_dir, device)
-    query = embed(kept, splits.query, config.eval.batch_size, progress=progress)
+    latest = evaluator.latest if val_set is None else None
+    if latest is not None and latest[0] == checkpoint.best_epoch:
+        _, query, gallery = latest
+    else:
+        kept = Embedder.load(model_dir, device)
+        query = embed(kept, splits.query, config.eval.batch_size, progress=progress)
+        gallery = None
+        if splits.gallery is not None:
+            gallery = embed(kept, splits.gallery, config.eval.batch_size, progress=progress)
     query.save(run_dir / "embeddings" / "test.npz")
-    gallery = None
-    if splits.gallery is not None:
-        gallery = embed(kept, splits.gallery, config.eval.batch_size, progress=progress)
+    if gallery is not None:
         gallery.save(run_dir / "embeddings" / "gallery.npz")
     skips.report()
     metrics = evaluate_embeddings(query, gallery, config)
@@ -283,6 +300,7 @@ def fit(
         "split": "test",
         "selected_epoch": checkpoint.best_epoch,
         "selection": checkpoint.selection,
+        "timings": {**timings, "final_test_s": time.perf_counter() - test_start},
     }
     if val_set is not None:
         summary["validation"] = history[checkpoint.best_epoch - 1]["val"]
