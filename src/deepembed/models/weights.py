@@ -34,9 +34,11 @@ def state_dict_from(path: str | Path) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # any decoder error: the file is not usable weights
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        # the exception's type too: some say no more than "101" (a pickle opcode)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        reason = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
         raise ConfigError(
-            f"model.pretrained: {path} is not a readable weights file: {first}"
+            f"model.pretrained: {path} is not a readable weights file ({reason})"
         ) from exc
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
