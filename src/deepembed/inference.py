@@ -91,6 +91,8 @@ def embed(
         model = model.to(device)
     device = next(model.parameters()).device
     batch_size = batch_size or auto_batch_size(model.preprocessing.shape)
+    layout = torch.channels_last if model.prefers_channels_last else torch.contiguous_format
+    model = model.to(memory_format=layout)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
     was_training = model.training
     model.eval()
@@ -106,7 +108,8 @@ def embed(
         ) as bar,
     ):
         for images, batch_labels in loader:
-            vectors.append(model(images.to(device)).float().cpu().numpy())
+            images = images.to(device).contiguous(memory_format=layout)
+            vectors.append(model(images).float().cpu().numpy())
             labels.append(batch_labels.numpy())
             bar.update(len(batch_labels))
     model.train(was_training)

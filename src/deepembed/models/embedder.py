@@ -94,6 +94,12 @@ class Embedder(nn.Module):
         self._eval_modules: list[nn.Module] = []  # kept in eval mode while training
 
     @property
+    def prefers_channels_last(self) -> bool:
+        """NHWC input runs faster: depthwise convolutions of pretrained backbones at 64 px
+        and more run several times faster (measured 19 -> 100+ img/s at 160 px on a CPU)."""
+        return min(self.preprocessing.input_size) >= 64
+
+    @property
     def embedding_dim(self) -> int:
         """D, the length of an embedding."""
         return self.head.out_features

@@ -172,10 +172,8 @@ def fit(
         ready.class_index,
     )
     optimizer = make_optimizer(config, model, loss_fn)
-    # NHWC: depthwise convolutions of pretrained backbones run several times faster (CPU
-    # and GPU); small grey images gain nothing
     channels_last = config.train.channels_last is True or (
-        config.train.channels_last == "auto" and min(model.preprocessing.input_size) >= 64
+        config.train.channels_last == "auto" and model.prefers_channels_last
     )
     if channels_last:
         model.to(memory_format=torch.channels_last)
