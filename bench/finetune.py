@@ -13,6 +13,7 @@ asks for), and the wall-clock of the whole fine-tuning including one-time work (
 the frozen-stage bank; deepembed's final test evaluation is excluded).
 
     .venv/bin/python bench/finetune.py [--epochs 3] [section.key=value ...]
+    .venv/bin/python bench/finetune.py --breakdown   # where a plain-loop step spends its time
 """
 
 from __future__ import annotations
@@ -78,21 +79,27 @@ class PeerModel(nn.Module):
         return nn.functional.normalize(self.head(pooled), dim=1)
 
 
-def peer(config: RunConfig, epochs: int) -> dict[str, float]:
-    """The plain loop: torchvision transforms on files, PML's loss, Adam."""
-    train_set = data.open(config.data.name, config.data.root, "train", transform=None)
-    labels = np.searchsorted(np.unique(train_set.labels), train_set.labels)
-    size = config.model.image_size
-    transform = T.Compose(
+def peer_transform(config: RunConfig) -> T.Compose:
+    """What a user writes: bicubic random resized crop, flip, to tensor, normalise."""
+    return T.Compose(
         [
             T.RandomResizedCrop(
-                size, (config.data.crop_scale, 1.0), interpolation=T.InterpolationMode.BICUBIC
+                config.model.image_size,
+                (config.data.crop_scale, 1.0),
+                interpolation=T.InterpolationMode.BICUBIC,
             ),
             T.RandomHorizontalFlip(),
             T.ToTensor(),
             T.Normalize([0.5] * 3, [0.5] * 3),
         ]
     )
+
+
+def peer(config: RunConfig, epochs: int) -> dict[str, float]:
+    """The plain loop: torchvision transforms on files, PML's loss, Adam."""
+    train_set = data.open(config.data.name, config.data.root, "train", transform=None)
+    labels = np.searchsorted(np.unique(train_set.labels), train_set.labels)
+    transform = peer_transform(config)
     loader = DataLoader(
         Files(list(train_set.paths), labels, transform),
         batch_size=config.sampler.classes_per_batch * config.sampler.images_per_class,
@@ -136,11 +143,72 @@ def ours(config: RunConfig) -> dict[str, float]:
     return {"images_per_s": float(np.mean(rates[1:])), "wall_s": wall, **timings}
 
 
+def breakdown(config: RunConfig, batches: int = 8) -> dict[str, float]:
+    """Where a plain-loop step's time goes, in ms per image: decoding, resize + augmentation,
+    the frozen stages' forward, the trainable stages' forward + backward + step, the loss."""
+    from PIL import Image
+
+    train_set = data.open(config.data.name, config.data.root, "train", transform=None)
+    labels = torch.as_tensor(np.searchsorted(np.unique(train_set.labels), train_set.labels))
+    bsz = 32
+    augment = peer_transform(config)
+    model = PeerModel(frozen_blocks=5).train()
+    loss_fn = ProxyAnchorLoss(int(labels.max()) + 1, 512, margin=0.1, alpha=32)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam([*trainable, *loss_fn.parameters()], lr=1e-4)
+    net = model.net
+    spent = dict.fromkeys(["decode", "augment", "frozen", "trainable", "loss"], 0.0)
+    rng = np.random.default_rng(0)
+    for step in range(batches + 1):
+        rows = rng.choice(len(train_set), bsz, replace=False)
+        t0 = time.perf_counter()
+        pictures = []
+        for r in rows:
+            with Image.open(train_set.paths[r]) as image:
+                pictures.append(image.convert("RGB"))
+        t1 = time.perf_counter()
+        x = torch.stack([augment(p) for p in pictures])
+        t2 = time.perf_counter()
+        with torch.no_grad():
+            h = net._swish(net._bn0(net._conv_stem(x)))
+            for i, block in enumerate(net._blocks[:5]):
+                h = block(h, drop_connect_rate=0.2 * i / len(net._blocks))
+        t3 = time.perf_counter()
+        for i, block in enumerate(net._blocks[5:], 5):
+            h = block(h, drop_connect_rate=0.2 * i / len(net._blocks))
+        maps = net._swish(net._bn1(net._conv_head(h)))
+        out = nn.functional.normalize(model.head(maps.mean((2, 3)) + maps.amax((2, 3))), dim=1)
+        t4 = time.perf_counter()
+        loss = loss_fn(out, labels[rows])
+        t5 = time.perf_counter()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        t6 = time.perf_counter()
+        if step == 0:
+            continue  # warm-up
+        spent["decode"] += t1 - t0
+        spent["augment"] += t2 - t1
+        spent["frozen"] += t3 - t2
+        spent["trainable"] += (t4 - t3) + (t6 - t5)
+        spent["loss"] += t5 - t4
+    return {k: 1000 * v / (batches * bsz) for k, v in spent.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--breakdown", action="store_true", help="only the per-part times")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
+    if args.breakdown:
+        config = load_config("configs/images.yaml", args.overrides)
+        parts = breakdown(config)
+        total = sum(parts.values())
+        for name, ms in parts.items():
+            print(f"{name:>10}: {ms:6.2f} ms/img ({100 * ms / total:4.1f}%)")
+        print(f"{'total':>10}: {total:6.2f} ms/img = {1000 / total:.1f} img/s")
+        return
     with tempfile.TemporaryDirectory() as tmp:
         overrides = [
             f"output_dir={tmp}",

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import multiprocessing
 import subprocess
 import sys
 import time
@@ -52,29 +53,38 @@ def glyph_of(path: str) -> Image.Image:
     return Image.fromarray(np.dstack([rgb.astype(np.uint8), alpha]), "RGBA")
 
 
-def write_dataset(root: Path, seed: int = 0) -> Path:
-    """The CSV dataset under `root` (reused when complete)."""
+def write_class(job: tuple[str, str, int, int, int, Path]) -> list[tuple[str, int, str]]:
+    """All views of one class (its own seed, so workers may run classes in any order)."""
+    split, glyph_path, label, cls, views, root = job
+    rng = np.random.default_rng([0, cls])
+    glyph = glyph_of(glyph_path)
+    rows = []
+    for v in range(views):
+        path = root / split / f"{label:03d}" / f"{v:02d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        draw(glyph, rng).save(path, compress_level=1)
+        rows.append((str(path.relative_to(root)), cls, split))
+    return rows
+
+
+def write_dataset(root: Path, seed: int = 0, workers: int = 2) -> Path:
+    """The CSV dataset under `root` (reused when complete), written by `workers` processes."""
     index = root / "images.csv"
     if index.is_file():
         return index
     rng = np.random.default_rng(seed)
-    emoji = data.open("emoji", "", "train", transform=None)
-    emoji_test = data.open("emoji", "", "test", transform=None)
-    picks = rng.choice(len(emoji), TRAIN_CLASSES, replace=False)
-    picks_test = rng.choice(len(emoji_test), TEST_CLASSES, replace=False)
-    rows = []
-    plan = [("train", emoji, picks, TRAIN_VIEWS), ("test", emoji_test, picks_test, TEST_VIEWS)]
+    jobs = []
+    for split, count, views, offset in (
+        ("train", TRAIN_CLASSES, TRAIN_VIEWS, 0),
+        ("test", TEST_CLASSES, TEST_VIEWS, TRAIN_CLASSES),
+    ):
+        source = data.open("emoji", "", split, transform=None)
+        for label, row in enumerate(rng.choice(len(source), count, replace=False)):
+            jobs.append((split, str(source.paths[row]), label, offset + label, views, root))
     start = time.perf_counter()
-    for split, source, chosen, views in plan:
-        for label, row in enumerate(chosen):
-            glyph = glyph_of(str(source.paths[row]))
-            for v in range(views):
-                path = root / split / f"{label:03d}" / f"{v:02d}.png"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                draw(glyph, rng).save(path, compress_level=1)
-                cls = label if split == "train" else TRAIN_CLASSES + label
-                rows.append((str(path.relative_to(root)), cls, split))
-        print(f"wrote {split} ({time.perf_counter() - start:.0f} s)", flush=True)
+    with multiprocessing.Pool(workers) as pool:
+        rows = [r for chunk in pool.imap(write_class, jobs) for r in chunk]
+    print(f"wrote {len(rows)} PNGs in {time.perf_counter() - start:.0f} s", flush=True)
     tmp = index.with_suffix(".tmp")
     with tmp.open("w", newline="") as f:
         writer = csv.writer(f)
