@@ -174,9 +174,20 @@ def test_frozen_bank_equals_the_plain_computation(tmp_path: Path) -> None:
     assert torch.allclose(exact, plain, atol=1e-6)
 
 
-def test_frozen_views_run_trains_only_the_later_stages(tmp_path: Path) -> None:
-    """A run with frozen stages and a bank: the frozen stages end exactly as loaded, the
-    later ones change, and the run finishes with its metrics."""
+def test_frozen_views_run_trains_only_the_later_stages(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run with frozen stages and a bank: every step trains from the bank (never the whole
+    model), the frozen stages end exactly as loaded, the later ones change."""
+    calls = {"forward_from": 0}
+    original = Embedder.forward_from
+
+    def counted(self: Embedder, features: torch.Tensor, stage: int) -> torch.Tensor:
+        calls["forward_from"] += 1
+        assert stage == 5 and features.shape[1] == 80  # the 5th stage's output channels
+        return original(self, features, stage)
+
+    monkeypatch.setattr(Embedder, "forward_from", counted)
     root = tmp_path / "data"
     rng = np.random.default_rng(0)
     for c in range(4):
@@ -213,6 +224,8 @@ def test_frozen_views_run_trains_only_the_later_stages(tmp_path: Path) -> None:
     assert frozen and all(torch.equal(after[k], before[k]) for k in frozen)
     assert later and not all(torch.equal(after[k], before[k]) for k in later)
     assert "recall@1" in result.metrics
+    assert calls["forward_from"] == len(result.history) * 2  # 12 training images, batches of 6
+    assert result.metrics["timings"]["frozen_bank_s"] > 0
 
 
 def test_warmup_epochs_train_the_head_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
