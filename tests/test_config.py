@@ -38,6 +38,16 @@ def test_renaming_a_component_drops_the_files_params(tmp_path: Path) -> None:
     assert config.loss.params == {"alpha": 2.0} and config.miner.params == {"epsilon": 0.2}
 
 
+def test_changing_the_backbone_or_pooling_drops_their_files_params() -> None:
+    """configs/mnist30.yaml's small_cnn widths do not follow model.backbone=efficientnet_lite0."""
+    config = load_config("configs/mnist30.yaml", ["model.backbone=efficientnet_lite0"])
+    assert (config.model.backbone, config.model.backbone_params) == ("efficientnet_lite0", {})
+    kept = load_config("configs/mnist30.yaml", ["model.backbone=small_cnn"])
+    assert kept.model.backbone_params["widths"] == [16, 32, 64, 64, 128]
+    base = load_config(None, ["model.pool=gem", "model.pool_params={p: 4.0}"])
+    assert base.model.pool_params == {"p": 4.0}
+
+
 def test_int_is_accepted_for_float() -> None:
     assert load_config(None, ["optim.lr=1"]).optim.lr == 1.0
 

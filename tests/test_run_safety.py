@@ -96,6 +96,16 @@ BAD_TRAINS = {
     "unknown distance": (["--overwrite", "eval.distance=manhattan"], "eval.distance"),
     "removed key": (["--overwrite", "data.transform=small"], "data.transform"),
     "unknown pooling": (["--overwrite", "model.pool=median"], "model.pool"),
+    "input size the backbone cannot take": (
+        [
+            "--overwrite",
+            "model.backbone=timm/vit_tiny_patch16_224",
+            "model.backbone_params={{}}",  # {} after .format(): drops TINY_RUN's widths
+            "model.pretrained=false",
+            "model.image_size=64",
+        ],
+        "cannot take 64x64 input",
+    ),
     "unknown backbone": (["--overwrite", "model.backbone=resnet9000"], "timm/<architecture>"),
     "no positive pairs": (["--overwrite", "sampler.images_per_class=1"], "images_per_class"),
     "backbone parameters": (

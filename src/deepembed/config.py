@@ -319,11 +319,21 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+# (section, component key, its params key): overriding the component drops the file's params
+OWNED_PARAMS = (
+    ("loss", "name", "params"),
+    ("miner", "name", "params"),
+    ("model", "backbone", "backbone_params"),
+    ("model", "pool", "pool_params"),
+)
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
     """Defaults <- YAML file <- overrides, validated into a RunConfig.
 
-    Overriding loss.name or miner.name to another component drops the file's params for that
-    section (they were written for the old component); params given with it start afresh.
+    Overriding loss.name, miner.name, model.backbone or model.pool to another component drops
+    the file's params of that component (they were written for the old one); params given
+    with the override start afresh.
     """
     data: dict[str, Any] = {}
     if path is not None:
@@ -335,11 +345,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not isinstance(data, dict):
             raise ConfigError(f"config file {path} must hold a mapping of sections")
     extra = parse_overrides(overrides or [])
-    for section in ("loss", "miner"):  # params belong to the component they were written for
+    # params belong to the component they were written for
+    for section, name, params in OWNED_PARAMS:
         base, new = data.get(section), extra.get(section)
-        renamed = isinstance(new, dict) and "name" in new
-        if renamed and isinstance(base, dict) and new["name"] != base.get("name"):
-            base.pop("params", None)
+        renamed = isinstance(new, dict) and name in new
+        if renamed and isinstance(base, dict) and new[name] != base.get(name):
+            base.pop(params, None)
     data = _merge(data, extra)
     return from_dict(RunConfig, data)
 

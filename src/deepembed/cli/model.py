@@ -48,25 +48,9 @@ def create_model(
         image_size=image_size,
     )
     model = Embedder(spec).eval()
-    check_input(model, backbone)
+    model.check_input()
     model.save(out)
     return model
-
-
-def check_input(model: Embedder, backbone: str) -> None:
-    """One forward pass on a blank input of the model's size: a backbone that cannot take
-    it (a ViT built for 224 px given --image-size 64) is refused before anything is written,
-    not found out later by every embed."""
-    pre = model.preprocessing
-    try:
-        with torch.no_grad():
-            model(torch.zeros(1, *pre.shape))
-    except (RuntimeError, AssertionError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(
-            f"{backbone} cannot take {pre.shape[1]}x{pre.shape[2]} input ({first.rstrip('.')}); "
-            "choose another --image-size"
-        ) from exc
 
 
 @model_app.command("create")

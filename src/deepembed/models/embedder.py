@@ -116,6 +116,24 @@ class Embedder(nn.Module):
         """Embeddings from `features_at(images, stage)`: the rest of forward()."""
         return self.head(self.pool(self.backbone.run(features, stage)))
 
+    def check_input(self) -> None:
+        """One forward pass (eval mode) on a blank input of this model's size: a backbone that
+        cannot take it (a ViT built for 224 px given image_size 64) is a ConfigError now,
+        before anything is written, not a failure of every later embed."""
+        pre, was = self.preprocessing, self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                self(torch.zeros(1, *pre.shape, device=self.mean.device))
+        except (RuntimeError, AssertionError, ValueError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ConfigError(
+                f"model.image_size: {self.spec.backbone} cannot take {pre.shape[1]}x"
+                f"{pre.shape[2]} input ({first.rstrip('.')}); choose another size"
+            ) from exc
+        finally:
+            self.train(was)
+
     # -- fine-tuning controls ---------------------------------------------------------
     def freeze(self, stages: int = 0, bn: bool = False) -> None:
         """Freeze the first `stages` backbone stages (weights and BatchNorm statistics);

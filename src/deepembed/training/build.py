@@ -70,6 +70,7 @@ def build_model(config: RunConfig, train_set: Any) -> Embedder:
         else:  # image files: RGB at 32 px unless model.image_size says otherwise
             spec.in_channels, spec.image_size = 3, mc.image_size or 32
     model = Embedder(spec)
+    model.check_input()
     model.freeze(mc.freeze_stages, mc.freeze_bn)
     return model
 
