@@ -261,3 +261,30 @@ def test_save_replaces_atomically(tmp_path: Path) -> None:
     Embedder(SPEC).save(tmp_path / "m")  # overwriting leaves one complete directory
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
     Embedder.load(tmp_path / "m")
+
+
+@pytest.mark.parametrize(
+    "backbone", ["efficientnet_lite0", "torchvision/resnet18", "torchvision/mobilenet_v3_small"]
+)
+def test_splittable_backbones_resume_exactly_between_stages(backbone: str) -> None:
+    """run(run(x, 0, k), k) is forward(x) for every stage boundary k: what the frozen-stage
+    bank relies on."""
+    from deepembed.models.backbones import create_backbone
+
+    torch.manual_seed(0)
+    net = create_backbone(backbone, pretrained=False).eval()
+    assert net.splittable
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        whole = net(x)
+        for k in range(len(net.stages()) + 1):
+            assert torch.equal(net.run(net.run(x, 0, k), k), whole), k
+
+
+def test_other_backbones_refuse_to_split() -> None:
+    from deepembed.models.backbones import create_backbone
+
+    net = create_backbone("small_cnn", pretrained=False)
+    assert not net.splittable
+    with pytest.raises(NotImplementedError):
+        net.run(torch.rand(1, 1, 28, 28), 0, 2)

@@ -251,3 +251,19 @@ def test_warmup_epochs_train_the_head_only(tmp_path: Path, monkeypatch: pytest.M
     assert all(torch.equal(after_warmup[k], initial[k]) for k in backbone)
     assert not torch.equal(after_warmup["head.linear.weight"], initial["head.linear.weight"])
     assert not all(torch.equal(after_all[k], initial[k]) for k in backbone)
+
+
+def test_frozen_views_fall_back_for_a_backbone_that_cannot_split(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """small_cnn cannot resume between stages: the run says so once and recomputes its
+    frozen stage every step instead of failing."""
+
+    def never(*args: object) -> torch.Tensor:
+        raise AssertionError("forward_from must not be used")
+
+    monkeypatch.setattr(Embedder, "forward_from", never)
+    config = tiny_config(tmp_path, "model.freeze_stages=1", "train.frozen_views=2")
+    result = train(config, progress=False)
+    assert "cannot be split between stages" in capsys.readouterr().out
+    assert "map@r" in result.metrics

@@ -261,8 +261,16 @@ class TorchvisionBackbone(Backbone):
             mean, std = tuple(t.mean), tuple(t.std)
         self.preprocess = Preprocess((crop, crop), 3, resize, interpolation, mean, std)
 
+    splittable = True  # the trunk is its stages in sequence
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.trunk(x)
+
+    def run(self, x: torch.Tensor, start: int = 0, end: int | None = None) -> torch.Tensor:
+        for stage in self._stages[start:end]:
+            for module in stage:
+                x = module(x)
+        return x
 
     def stages(self) -> list[list[nn.Module]]:
         return self._stages
