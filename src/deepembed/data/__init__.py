@@ -120,8 +120,7 @@ def file_options(
 ) -> FileOptions:
     """FileOptions from `open`'s arguments: a preset name is built, with its output shape."""
     if isinstance(transform, str):
-        size = PRESETS[transform].image_size if transform in PRESETS else 0
-        shape = (3, size, size)
+        shape = PRESETS[transform].shape if transform in PRESETS else (3, 0, 0)
         return FileOptions(on_error, build_transforms(transform, augment), shape, scan, max_pixels)
     return FileOptions(on_error, transform, None, scan, max_pixels)
 

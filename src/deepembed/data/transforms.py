@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +14,7 @@ from PIL import Image
 from torch import nn
 from torchvision.transforms import v2
 
+from deepembed.data.preprocess import Preprocess
 from deepembed.errors import ConfigError
 
 
@@ -52,25 +52,17 @@ def train_augmentation(enabled: bool) -> nn.Module:
     return RandomAffine() if enabled else nn.Identity()
 
 
-@dataclass(frozen=True)
-class Preset:
-    """A transform preset: output size and the normalisation the model should apply."""
-
-    image_size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    resize: int  # eval: shorter side resized to this, then centre-cropped to image_size
-
-
+# Named presets for library callers of `data.open(..., transform=NAME)`; the trainer and the
+# CLI use the model's own Preprocess instead. Both are Preprocess objects: one implementation.
 PRESETS = {
     # small images (28-64 px): resize only per item; augmentation is RandomAffine on the batch
-    "small": Preset(32, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), 32),
+    "small": Preprocess((32, 32), 3, 32, "bilinear", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
     # the literature's 224-px protocol (CUB, Cars, SOP, In-Shop)
-    "imagenet224": Preset(224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 256),
+    "imagenet224": Preprocess((224, 224), 3, 256, "bilinear"),
 }
 
 
-def preset(name: str) -> Preset:
+def preset(name: str) -> Preprocess:
     """The preset called `name`; unknown names are a ConfigError."""
     if name not in PRESETS:
         raise ConfigError(f"data.transform: unknown preset {name!r}; known: {', '.join(PRESETS)}")
@@ -80,25 +72,22 @@ def preset(name: str) -> Preset:
 def build_transforms(
     name: str, train: bool, image_size: int | None = None, normalize: bool = False
 ) -> Callable[[Image.Image], torch.Tensor]:
-    """Per-item transform of preset `name`: an RGB PIL image -> (3, S, S) float tensor.
+    """Per-item transform of preset `name`: a PIL image -> (3, S, S) float tensor.
 
     imagenet224 train: RandomResizedCrop(224) + horizontal flip; eval: Resize(256) +
     CenterCrop(224). small: Resize + CenterCrop to `image_size` (default 32) for both; its
     training augmentation runs on the batch (`batch_augmentation`). Values stay in [0, 1]
-    unless `normalize`: the Embedder normalises its inputs with the preset's mean/std
-    (EmbedderSpec.mean/std), so a saved model needs no data pipeline to be used.
+    unless `normalize` (a model normalises its inputs itself).
     """
     p = preset(name)
-    size = image_size or p.image_size
-    resize = size if name == "small" else round(size * p.resize / p.image_size)
-    if train and name != "small":
-        geometry = [v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip()]
-    else:
-        geometry = [v2.Resize(resize, antialias=True), v2.CenterCrop(size)]
-    steps = [*geometry, v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
-    if normalize:
-        steps.append(v2.Normalize(list(p.mean), list(p.std)))
-    return v2.Compose(steps)
+    if image_size:
+        p = p.at_size(image_size)
+    augmented = train and name != "small"  # crop scale: torchvision's default (0.08, 1)
+    base = p.train_transform((0.08, 1.0)) if augmented else p.transform()
+    if not normalize:
+        return base
+    norm = v2.Normalize(list(p.mean), list(p.std))
+    return lambda image: norm(base(image))
 
 
 def batch_augmentation(name: str, enabled: bool) -> nn.Module:
