@@ -267,3 +267,17 @@ def test_frozen_views_fall_back_for_a_backbone_that_cannot_split(
     result = train(config, progress=False)
     assert "cannot be split between stages" in capsys.readouterr().out
     assert "map@r" in result.metrics
+
+
+def test_backbone_lr_mult_sets_the_backbone_group(tmp_path: Path) -> None:
+    """optim.backbone_lr_mult scales the backbone's learning rate only; 0 leaves the backbone
+    out of the optimiser (its weights never change; BatchNorm statistics are model.freeze_bn)."""
+    model = Embedder(EmbedderSpec(backbone_params={"widths": [4, 4, 4, 8, 8]}, embedding_dim=16))
+    loss_fn, _ = build_objective(tiny_config(tmp_path), num_classes=15, embedding_size=16)
+    config = tiny_config(tmp_path, "optim.backbone_lr_mult=0.1", "optim.lr=0.002")
+    head, backbone = make_optimizer(config, model, loss_fn).param_groups[:2]
+    assert head["lr"] == 0.002 and backbone["lr"] == pytest.approx(0.0002)
+    assert {id(p) for p in backbone["params"]} == {id(p) for p in model.backbone.parameters()}
+    frozen = make_optimizer(tiny_config(tmp_path, "optim.backbone_lr_mult=0"), model, loss_fn)
+    in_groups = {id(p) for g in frozen.param_groups for p in g["params"]}
+    assert not in_groups & {id(p) for p in model.backbone.parameters()}
