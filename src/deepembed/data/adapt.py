@@ -13,7 +13,7 @@ describes, whichever dataset it comes from:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,8 +28,6 @@ from deepembed.data.preprocess import Preprocess
 
 def default_cache_dir() -> Path:
     """$DEEPEMBED_CACHE/images, else ~/.cache/deepembed/images."""
-    import os
-
     root = os.environ.get("DEEPEMBED_CACHE") or Path.home() / ".cache" / "deepembed"
     return Path(root) / "images"
 
@@ -110,10 +108,3 @@ def for_model(
         else preprocess.transform()
     )
     return dataset.with_transform(transform, preprocess.shape)
-
-
-def adapt_all(
-    datasets: Sequence[Any], preprocess: Preprocess, loading: Loading | None = None
-) -> list[Any]:
-    """Several evaluation datasets (None passes through) for one model."""
-    return [None if d is None else for_model(d, preprocess, loading=loading) for d in datasets]

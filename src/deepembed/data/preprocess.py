@@ -119,14 +119,7 @@ class Preprocess:
 
     def transform(self) -> Callable[[Image.Image], torch.Tensor]:
         """The evaluation transform: a PIL image of any mode -> (C, H, W) float in [0, 1]."""
-        steps = [*self.geometry(), v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
-        pipeline = v2.Compose(steps)
-        channels = self.channels
-
-        def apply(image: Image.Image) -> torch.Tensor:
-            return pipeline(convert_image(image, channels))
-
-        return apply
+        return self._on_pil(self.geometry())
 
     def train_geometry(self, scale: tuple[float, float] = (0.3, 1.0)) -> list[Any]:
         """Training crop: random resized crop to `input_size` and a horizontal flip."""
@@ -138,8 +131,11 @@ class Preprocess:
 
     def train_transform(self, scale: tuple[float, float] = (0.3, 1.0)) -> Callable:
         """A PIL image -> augmented (C, H, W) float in [0, 1] (random resized crop + flip)."""
-        steps = [*self.train_geometry(scale), v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
-        pipeline = v2.Compose(steps)
+        return self._on_pil(self.train_geometry(scale))
+
+    def _on_pil(self, geometry: list[Any]) -> Callable[[Image.Image], torch.Tensor]:
+        """Mode conversion, then `geometry`, then uint8 -> float in [0, 1]."""
+        pipeline = v2.Compose([*geometry, v2.ToImage(), v2.ToDtype(torch.float32, scale=True)])
         channels = self.channels
 
         def apply(image: Image.Image) -> torch.Tensor:

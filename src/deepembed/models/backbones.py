@@ -214,25 +214,27 @@ class EfficientNetLite0(Backbone):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.run(x)  # (B, 1280, H/32, W/32)
 
+    def _spans(self) -> list[tuple[int, int]]:
+        """Block index ranges of the stages: (0, 0) for the stem and the head."""
+        starts = [0, *self._stage_ends[:-1]]
+        return [(0, 0), *zip(starts, self._stage_ends, strict=True), (0, 0)]
+
     def run(self, x: torch.Tensor, start: int = 0, end: int | None = None) -> torch.Tensor:
         n = len(self.blocks)
-        index = {id(b): i for i, b in enumerate(self.blocks)}
-        for stage in self.stages()[start:end]:
-            for module in stage:
-                if id(module) in index:  # drop-connect grows with depth, as in the paper
-                    i = index[id(module)]
-                    rate = self._drop_connect * i / n if self._drop_connect else None
-                    x = module(x, drop_connect_rate=rate)
-                else:
-                    x = module(x)
+        last = len(self._stage_ends) + 1
+        for stage, (first, stop) in list(enumerate(self._spans()))[start:end]:
+            if stage == 0:
+                x = self.stem(x)
+            elif stage == last:
+                x = self.head(x)
+            for i in range(first, stop):  # drop-connect grows with depth, as in the paper
+                rate = self._drop_connect * i / n if self._drop_connect else None
+                x = self.blocks[i](x, drop_connect_rate=rate)
         return x
 
     def stages(self) -> list[list[nn.Module]]:
-        out, start = [[self.stem]], 0
-        for end in self._stage_ends:
-            out.append(list(self.blocks[start:end]))
-            start = end
-        return [*out, [self.head]]
+        blocks = [list(self.blocks[a:b]) for a, b in self._spans()[1:-1]]
+        return [[self.stem], *blocks, [self.head]]
 
 
 def _rename_lite(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
