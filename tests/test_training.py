@@ -15,18 +15,14 @@ from deepembed import data
 from deepembed.config import RunConfig, load_config
 from deepembed.errors import ConfigError
 from deepembed.evaluation import evaluate
-from deepembed.inference import Embeddings, embed
+from deepembed.inference import Embeddings, embed, evaluate_embeddings
 from deepembed.losses import ClassLoss
 from deepembed.models.embedder import Embedder, EmbedderSpec
-from deepembed.training.trainer import (
-    build_model,
-    build_objective,
-    evaluate_embeddings,
-    make_optimizer,
-    open_splits,
-    seed_everything,
-    train,
-)
+from deepembed.training.build import build_model, make_optimizer, open_splits, seed_everything
+from deepembed.training.callbacks import Callback
+from deepembed.training.objective import build_objective
+from deepembed.training.pipeline import train
+from deepembed.training.trainer import Trainer
 from tests.conftest import TINY_RUN
 
 
@@ -53,7 +49,9 @@ def test_training_learns(tmp_path: Path) -> None:
     seed_everything(config.train.seed)
     splits = open_splits(config)
     untrained = build_model(config, splits.train)
-    baseline = evaluate_embeddings(embed(untrained, splits.query, progress=False), None, config)
+    baseline = evaluate_embeddings(
+        embed(untrained, splits.query, progress=False), None, tuple(config.eval.metrics)
+    )
 
     result = train(config, progress=False)
     losses = [h["loss"] for h in result.history]
@@ -231,20 +229,16 @@ def test_frozen_views_run_trains_only_the_later_stages(
 def test_warmup_epochs_train_the_head_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """train.warmup_epochs=1: after epoch 1 the backbone (weights and BatchNorm statistics)
     is exactly as built and the head has moved; after epoch 2 the backbone has moved too."""
-    from deepembed.training import callbacks
-
     snapshots: list[dict[str, torch.Tensor]] = []
-    original = callbacks.EvaluateCallback.on_epoch_end
 
-    def snapshot(self: callbacks.EvaluateCallback, state: callbacks.TrainState) -> None:
-        snapshots.append({k: v.clone() for k, v in state.model.state_dict().items()})
-        original(self, state)
+    class Snapshot(Callback):
+        def on_epoch_end(self, trainer: Trainer) -> None:
+            snapshots.append({k: v.clone() for k, v in trainer.model.state_dict().items()})
 
-    monkeypatch.setattr(callbacks.EvaluateCallback, "on_epoch_end", snapshot)
     config = tiny_config(tmp_path, "train.warmup_epochs=1", "train.eval_every=0")
     seed_everything(config.train.seed)
     initial = build_model(config, open_splits(config).train).state_dict()
-    train(config, progress=False)
+    train(config, progress=False, callbacks=[Snapshot()])
     after_warmup, after_all = snapshots
     backbone = [k for k in initial if k.startswith("backbone.")]
     assert any("running_mean" in k for k in backbone)

@@ -122,12 +122,14 @@ class OptimConfig:
     loss_lr: float = 1e-2  # learned loss parameters: proxies, class weights, margin beta
     schedule: str = "cosine"  # cosine (decay to 0 over the run, per step) | constant
     backbone_lr_mult: float = 1.0  # the backbone learns at lr * this (head and pooling at lr)
+    warmup_steps: int = 0  # learning rates ramp up linearly over the first N steps
 
     def __post_init__(self) -> None:
         require(self.lr > 0, "optim.lr", "> 0", self.lr)
         require(self.backbone_lr_mult >= 0, "optim.backbone_lr_mult", ">= 0", self.backbone_lr_mult)
         require(self.weight_decay >= 0, "optim.weight_decay", ">= 0", self.weight_decay)
         require(self.loss_lr >= 0, "optim.loss_lr", ">= 0", self.loss_lr)
+        require(self.warmup_steps >= 0, "optim.warmup_steps", ">= 0", self.warmup_steps)
 
 
 @dataclass
@@ -139,7 +141,10 @@ class TrainConfig:
     max_steps: int = 0  # 0 = no cap; >0 stops each epoch early (smoke tests)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: bool = False  # mixed precision on CUDA
+    amp: str | bool = "off"  # off | bf16 (CPU or CUDA) | fp16 (CUDA, with loss scaling)
+    checkpoint_every: int = 200  # steps between resumable checkpoints (also at epoch ends)
+    keep_checkpoints: int = 2  # newest checkpoints kept while the run is unfinished
+    early_stopping: int = 0  # > 0: stop after this many validations without improvement
     channels_last: bool | str = "auto"  # NHWC layout: true | false | auto (true from 64 px on)
     frozen_views: int = 0  # > 0: frozen stages run once on this many augmented views per image
     eval_every: int = 1  # epochs between evaluations (validation split, else test); 0 = at end
@@ -158,6 +163,13 @@ class TrainConfig:
         require(self.eval_every >= 0, "train.eval_every", ">= 0 (0: at the end)", self.eval_every)
         require(self.threads >= 0, "train.threads", ">= 0 (0: torch's default)", self.threads)
         require(self.frozen_views >= 0, "train.frozen_views", ">= 0", self.frozen_views)
+        if self.amp is False:  # configs written before bf16 / fp16 existed
+            self.amp = "off"
+        require(self.amp in ("off", "bf16", "fp16"), "train.amp", "off, bf16 or fp16", self.amp)
+        every, keep = self.checkpoint_every, self.keep_checkpoints
+        require(every >= 0, "train.checkpoint_every", ">= 0 (0: at epoch ends only)", every)
+        require(keep >= 1, "train.keep_checkpoints", ">= 1", keep)
+        require(self.early_stopping >= 0, "train.early_stopping", ">= 0", self.early_stopping)
         layout = self.channels_last
         require(
             layout in (True, False, "auto"), "train.channels_last", "true, false or auto", layout

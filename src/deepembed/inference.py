@@ -5,17 +5,22 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from deepembed.data.adapt import Loading, for_model
 from deepembed.data.datasets import collate
 from deepembed.errors import DataError
+from deepembed.evaluation import evaluate
 from deepembed.io import atomic_write, load_npz, reading
 from deepembed.models.embedder import Embedder
+
+if TYPE_CHECKING:
+    from deepembed.training.distributed import Strategy
 
 
 @dataclass
@@ -122,6 +127,22 @@ def embed(
     return Embeddings(np.concatenate(vectors), np.concatenate(labels).astype(np.int64), ids, names)
 
 
+def open_split_for(
+    model: Embedder,
+    dataset: str,
+    root: str,
+    split: str,
+    eval_per_source: int = 5000,
+    loading: Loading | None = None,
+) -> Dataset:
+    """One split of a named dataset, each image preprocessed by the model (never by a
+    dataset default): what `embed` and `evaluate --model` read."""
+    from deepembed import data
+
+    items = data.open(dataset, root, split, eval_per_source, transform=None)
+    return for_model(items, model.preprocessing, loading=loading or Loading())
+
+
 def embed_split(
     model: Embedder,
     dataset: str,
@@ -131,11 +152,75 @@ def embed_split(
     loading: Loading | None = None,
     batch_size: int = 0,
 ) -> Embeddings:
-    """Embeddings of one split of a named dataset, each image preprocessed by the model
-    (never by a dataset default): the path `embed` and `evaluate --model` share."""
-    from deepembed import data
-
+    """Embeddings of one split of a named dataset (see `open_split_for`)."""
     loading = loading or Loading()
-    items = data.open(dataset, root, split, eval_per_source, transform=None)
-    adapted = for_model(items, model.preprocessing, loading=loading)
-    return embed(model, adapted, batch_size, progress=loading.progress)
+    items = open_split_for(model, dataset, root, split, eval_per_source, loading)
+    return embed(model, items, batch_size, progress=loading.progress)
+
+
+def embed_sharded(
+    model: Embedder,
+    dataset: Dataset,
+    batch_size: int = 0,
+    progress: bool = True,
+    strategy: Strategy | None = None,
+) -> Embeddings:
+    """`embed` with the items shared out over the ranks of a distributed run, each rank
+    embedding its share and every rank receiving the whole set, in order."""
+    if strategy is None or strategy.world_size == 1:
+        return embed(model, dataset, batch_size, progress=progress)
+    rows = strategy.shard(len(dataset))  # type: ignore[arg-type]
+    part = embed(model, Subset(dataset, rows.tolist()), batch_size, progress=progress)
+    whole = embed_result_like(dataset, strategy.gather_rows(part.vectors))
+    whole.labels = strategy.gather_rows(part.labels)
+    return whole
+
+
+def embed_result_like(dataset: Dataset, vectors: np.ndarray) -> Embeddings:
+    """Embeddings of `dataset` from its vectors: labels, ids and names from the dataset."""
+    n = len(vectors)
+    labels = np.asarray(getattr(dataset, "labels", np.zeros(n)), np.int64)
+    ids = np.asarray(getattr(dataset, "ids", np.arange(n)), np.int64)
+    return Embeddings(vectors, labels, ids, dict(getattr(dataset, "class_names", {})))
+
+
+def evaluate_embeddings(
+    query: Embeddings,
+    gallery: Embeddings | None,
+    metrics: tuple[str, ...],
+    distance: str = "cosine",
+    backend: str = "auto",
+) -> dict[str, Any]:
+    """The metrics of `query` against `gallery`, or leave-one-out on `query` (gallery None)."""
+    return evaluate(
+        query.vectors,
+        query.labels,
+        None if gallery is None else gallery.vectors,
+        None if gallery is None else gallery.labels,
+        metrics=metrics,
+        distance=distance,
+        backend=backend,
+    )
+
+
+def evaluate_model(
+    model: Embedder,
+    query: Dataset,
+    gallery: Dataset | None,
+    metrics: tuple[str, ...],
+    distance: str = "cosine",
+    batch_size: int = 0,
+    progress: bool = True,
+    strategy: Strategy | None = None,
+) -> tuple[dict[str, Any], Embeddings, Embeddings | None]:
+    """Embed the query (and gallery) sets with `model` and evaluate them: the one path the
+    training callback, the final test and `deepembed evaluate --model` share. In a
+    distributed run every rank embeds its shard and all ranks get the same metrics."""
+    q = embed_sharded(model, query, batch_size, progress, strategy)
+    g = None if gallery is None else embed_sharded(model, gallery, batch_size, progress, strategy)
+    result = None
+    if strategy is None or strategy.is_main:
+        result = evaluate_embeddings(q, g, metrics, distance)
+    if strategy is not None:
+        result = strategy.broadcast_object(result)
+    return result, q, g  # type: ignore[return-value]

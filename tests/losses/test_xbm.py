@@ -295,7 +295,13 @@ def test_memory_is_a_fifo_of_detached_embeddings() -> None:
     assert torch.equal(rolled, last)
     assert torch.equal(torch.roll(xbm.label_memory, -xbm.queue_idx), torch.cat(seen_labels)[-10:])
     assert not xbm.embedding_memory.requires_grad
-    assert set(xbm.state_dict()) == set()  # the queue is not saved; MS has no parameters
+    # a training checkpoint carries the queue: a fresh memory loaded from it continues it
+    state = xbm.state_dict()
+    assert set(state) == {"embedding_memory", "label_memory", "_extra_state"}
+    copy = CrossBatchMemory(MultiSimilarityLoss(), DIM, memory_size=10).double()
+    copy.load_state_dict(state)
+    assert (copy.queue_idx, copy.filled) == (xbm.queue_idx, xbm.filled)
+    assert torch.equal(copy.embedding_memory, xbm.embedding_memory)
 
 
 def test_first_batch_value_is_the_plain_loss() -> None:

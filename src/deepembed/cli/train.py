@@ -16,6 +16,7 @@ from deepembed.inference import Embeddings, embed_split
 from deepembed.io import write_json
 from deepembed.models.embedder import Embedder
 from deepembed.training import train as train_run
+from deepembed.training.pipeline import resume_config
 from deepembed.viz.curves import plot_recall_at_k
 
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
@@ -36,16 +37,35 @@ def train(
             help="Replace an existing run directory (only once the new run has finished).",
         ),
     ] = False,
+    resume: Annotated[
+        Path | None,
+        typer.Option(
+            "--resume",
+            help="Continue the interrupted run RUN_DIR from its last checkpoint (its own "
+            "config; a CONFIG or overrides may change only train.device, threads, workers ...).",
+            metavar="RUN_DIR",
+        ),
+    ] = None,
     quiet: Quiet = False,
 ) -> None:
     """Train an embedding model; everything of the run lands in <output_dir>/<name>/.
 
     Every input is checked before anything is written; an existing run directory is refused
-    unless --overwrite, and a failed run leaves it as it was."""
+    unless --overwrite, and a failed run leaves it as it was. An interrupted run (Ctrl-C,
+    SIGTERM, SIGKILL, a crash) keeps its checkpoints: continue it with --resume RUN_DIR.
+    Under torchrun (`torchrun --nproc-per-node N -m deepembed train ...`) it trains with
+    distributed data parallelism."""
     args = list(args or [])
     config_path = args.pop(0) if args and "=" not in args[0] else None
-    config = load_config(config_path, args)
-    result = train_run(config, progress=progress_enabled(quiet), overwrite=overwrite)
+    if resume is not None:
+        if overwrite:
+            raise UserError("--resume continues a run; --overwrite starts one afresh: not both")
+        config = resume_config(resume, config_path, args)
+    else:
+        config = load_config(config_path, args)
+    result = train_run(
+        config, progress=progress_enabled(quiet), overwrite=overwrite, resume=resume is not None
+    )
     typer.echo(
         format_metrics({k: v for k, v in result.metrics.items() if k in config.eval.metrics})
     )

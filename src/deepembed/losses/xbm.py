@@ -81,13 +81,17 @@ class CrossBatchMemory(MetricLoss):
             )
         self.loss, self.miner = loss, miner
         self.embedding_size, self.memory_size = embedding_size, memory_size
-        self.register_buffer(
-            "embedding_memory", torch.zeros(memory_size, embedding_size), persistent=False
-        )
-        self.register_buffer(
-            "label_memory", torch.zeros(memory_size, dtype=torch.long), persistent=False
-        )
+        # persistent: a training checkpoint carries the memory, so a resumed run continues it
+        self.register_buffer("embedding_memory", torch.zeros(memory_size, embedding_size))
+        self.register_buffer("label_memory", torch.zeros(memory_size, dtype=torch.long))
         self.queue_idx, self.filled = 0, False
+
+    def get_extra_state(self) -> dict[str, int | bool]:
+        """The queue position, saved with the buffers in state_dict()."""
+        return {"queue_idx": self.queue_idx, "filled": self.filled}
+
+    def set_extra_state(self, state: dict[str, int | bool]) -> None:
+        self.queue_idx, self.filled = int(state["queue_idx"]), bool(state["filled"])
 
     def reset_queue(self) -> None:
         """Empty the memory."""

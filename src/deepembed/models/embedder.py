@@ -104,7 +104,12 @@ class Embedder(nn.Module):
         """D, the length of an embedding."""
         return self.head.out_features
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """(B, C, H, W) images in [0, 1] -> (B, D) embeddings. With `start` > 0 the input is
+        `features_at(images, start)` instead (a frozen-stage bank), so a wrapper such as
+        DistributedDataParallel sees every training forward through this method."""
+        if start:
+            return self.forward_from(images, start)
         maps = self.backbone((images - self.mean) / self.std)  # (B, F, h, w)
         return self.head(self.pool(maps))  # (B, D)
 

@@ -1,5 +1,7 @@
-"""The training loop."""
+"""Training: the Trainer, its callbacks and checkpoints, and the config-driven pipeline."""
 
-from deepembed.training.trainer import TrainResult, build_model, train
+from deepembed.training.build import build_model
+from deepembed.training.pipeline import TrainResult, train
+from deepembed.training.trainer import Trainer
 
-__all__ = ["TrainResult", "build_model", "train"]
+__all__ = ["TrainResult", "Trainer", "build_model", "train"]

@@ -21,7 +21,6 @@ from deepembed.data.preprocess import Preprocess
 from deepembed.errors import ConfigError, UserError
 from deepembed.evaluation import parse_metrics
 from deepembed.evaluation.knn import KNN_DISTANCES
-from deepembed.losses import MetricLoss
 from deepembed.models.backbones import BACKBONES
 from deepembed.models.embedder import Embedder, EmbedderSpec
 
@@ -174,8 +173,11 @@ def adapt_splits(
     return Splits(train, val, query, gallery)
 
 
-def make_sampler(config: RunConfig, train_set: data.Dataset) -> data.PKSampler:
-    """P x K batches over the training set (within super-classes when configured)."""
+def make_sampler(
+    config: RunConfig, train_set: data.Dataset, rank: int = 0, world_size: int = 1
+) -> data.PKSampler:
+    """P x K batches over the training set (within super-classes when configured); in a
+    distributed run, this rank's share of every epoch's batches."""
     s = config.sampler
     if s.super_classes_per_batch > 0:
         super_labels = getattr(train_set, "super_labels", None)
@@ -192,6 +194,8 @@ def make_sampler(config: RunConfig, train_set: data.Dataset) -> data.PKSampler:
             s.super_classes_per_batch,
             config.train.seed,
             s.small_classes,
+            rank,
+            world_size,
         )
     return data.PKSampler(
         train_set.labels,
@@ -199,10 +203,12 @@ def make_sampler(config: RunConfig, train_set: data.Dataset) -> data.PKSampler:
         s.images_per_class,
         config.train.seed,
         s.small_classes,
+        rank,
+        world_size,
     )
 
 
-def make_optimizer(config: RunConfig, model: Embedder, loss_fn: MetricLoss) -> Adam:
+def make_optimizer(config: RunConfig, model: Embedder, loss_fn: torch.nn.Module) -> Adam:
     """Adam over the head and pooling at optim.lr, the backbone at lr * backbone_lr_mult,
     and the loss's learned parameters (proxies, class weights, margin beta) at optim.loss_lr.
 

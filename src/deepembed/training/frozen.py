@@ -40,8 +40,14 @@ class FeatureBank(Dataset):
         return features[0], int(labels[0])
 
     def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.draw(indices, self.rng)
+
+    def draw(
+        self, indices: list[int], rng: np.random.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """((B, C, h, w) float32, (B,) labels): one view of each item, chosen by `rng`."""
         rows = np.asarray(indices)
-        picks = self.rng.integers(0, self.views.shape[1], len(rows))
+        picks = rng.integers(0, self.views.shape[1], len(rows))
         features = torch.from_numpy(np.asarray(self.views[rows, picks], dtype=np.float32))
         return features, torch.from_numpy(self.labels[rows])
 

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+from torch import nn
+
 from deepembed import losses, miners
 from deepembed.config import RunConfig
 from deepembed.errors import ConfigError
@@ -89,3 +92,41 @@ def _create(create: Any, section: str, name: str, params: dict[str, Any]) -> Any
         return create(name, **params)
     except (ConfigError, TypeError, ValueError) as exc:
         raise ConfigError(f"{section}.params for {section}.name={name!r}: {exc}") from exc
+
+
+class MetricObjective(nn.Module):
+    """What a training step minimises: a metric loss (+ miner) on the embeddings of a batch.
+
+    `training_loss(trainer, batch)` is the one place a step's loss is defined. The trainer
+    owns the forward of its model (`trainer.encode`: device, layout, autocast, frozen-stage
+    bank) and the optimisation; the objective decides what to compute with it. Its own
+    parameters (a loss's proxies, class weights, margin beta) are optimised at optim.loss_lr
+    and kept identical on every rank. Another objective plugs in by providing the same
+    method: one with two encoders (image-text) owns the second encoder as a submodule and
+    encodes its half of the batch itself; an adversarial one owns its generator and
+    overrides `optimizer_groups` to give it its own learning rate.
+
+    In a distributed run the batch's embeddings and labels are gathered from every rank
+    with their gradient, so the miner and the loss see the global batch: every rank computes
+    the same global loss, which is the value reported.
+    """
+
+    def __init__(self, loss_fn: MetricLoss, miner: Miner | None, class_index: torch.Tensor) -> None:
+        super().__init__()
+        self.loss_fn, self.miner = loss_fn, miner
+        # (C,) sorted dataset labels of the training classes; labels -> 0..C-1
+        self.register_buffer("class_index", class_index, persistent=False)
+
+    def training_loss(self, trainer: Any, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        images, labels = batch
+        embeddings = trainer.encode(images).float()  # (B, D): the loss runs in float32
+        labels = torch.searchsorted(self.class_index, labels.to(embeddings.device))  # (B,)
+        strategy = trainer.strategy
+        embeddings, labels = strategy.gather(embeddings), strategy.gather(labels)  # (N*B, ...)
+        mined = self.miner(embeddings, labels) if self.miner is not None else None
+        return self.loss_fn(embeddings, labels, mined)
+
+    def optimizer_groups(self, lr: float) -> list[dict[str, Any]]:
+        """Parameter groups of the objective's learned parameters, at `lr`, no weight decay."""
+        learned = [p for p in self.parameters() if p.requires_grad]
+        return [{"params": learned, "lr": lr, "weight_decay": 0.0}] if learned else []

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,8 +17,14 @@ if TYPE_CHECKING:
     from deepembed.training.trainer import Splits
 
 
+def partial_dir(run_dir: Path) -> Path:
+    """Where a run is written until it finishes: `<output_dir>/.<name>.partial`. A killed
+    run leaves it (with its checkpoints) for `deepembed train --resume <run_dir>`."""
+    return run_dir.parent / f".{run_dir.name}.partial"
+
+
 def check_run_dir(run_dir: Path, overwrite: bool) -> None:
-    """Refuse to replace an existing run unless asked to."""
+    """Refuse to replace an existing run, or to start over an interrupted one, unless asked."""
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"run directory {run_dir} exists and is not a directory")
     if run_dir.is_dir() and any(run_dir.iterdir()) and not overwrite:
@@ -24,6 +32,39 @@ def check_run_dir(run_dir: Path, overwrite: bool) -> None:
             f"run directory {run_dir} already exists; pass --overwrite to replace it (the old "
             f"run stays until the new one finishes) or choose another name=..."
         )
+    if partial_dir(run_dir).exists() and not overwrite:
+        raise ConfigError(
+            f"an interrupted run of {run_dir} is in {partial_dir(run_dir)}: continue it with "
+            f"`deepembed train --resume {run_dir}` or start afresh with --overwrite"
+        )
+
+
+def resume_dir(run_dir: Path) -> Path:
+    """The unfinished run `--resume RUN_DIR` continues (RUN_DIR or its partial directory)."""
+    run_dir = Path(run_dir)
+    if run_dir.name.startswith(".") and run_dir.name.endswith(".partial"):
+        stage = run_dir
+    else:
+        stage = partial_dir(run_dir)
+    if stage.is_dir():
+        return stage
+    if (run_dir / "metrics.json").is_file():
+        raise ConfigError(
+            f"--resume {run_dir}: that run has finished; nothing to resume "
+            f"(start a new run with another name=...)"
+        )
+    raise ConfigError(f"--resume {run_dir}: no interrupted run there (no {stage})")
+
+
+def finish_run(stage: Path, run_dir: Path) -> None:
+    """Move the finished run from `stage` to `run_dir`, replacing an older run only now: the
+    old directory is renamed aside first, so one complete run is on disk at every instant."""
+    old = stage.with_name(stage.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if run_dir.exists():
+        os.replace(run_dir, old)
+    os.replace(stage, run_dir)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def attach_skip_log(splits: Splits, path: Path) -> SkipLog:

@@ -1,306 +1,294 @@
-"""batch -> embed -> mine -> loss -> step, with evaluation on the unseen classes per epoch."""
+"""The Trainer: batches -> objective -> optimiser step, with events for callbacks,
+checkpoints a killed run resumes from exactly, mixed precision and data parallelism.
+
+    trainer = Trainer(model, objective, train_set, sampler, optimizer, scheduler, epochs=8,
+                      callbacks=[EvaluateCallback(...), BestCheckpoint(...)], run_dir=...)
+    history = trainer.fit()            # or trainer.fit(load_checkpoint(run_dir)[0])
+
+`deepembed.train(config)` (training/pipeline.py) builds one from a config. The trainer owns
+the loop, the device, the layout and precision of the forward pass (`encode`), gradient
+synchronisation and checkpoints; the objective (training/objective.py) defines the loss of
+a batch; callbacks (training/callbacks.py, training/logs.py) do everything else.
+"""
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import time
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from deepembed import data
-from deepembed.config import RunConfig, save_config
 from deepembed.data.datasets import collate
-from deepembed.data.transforms import train_augmentation
-from deepembed.evaluation import evaluate
-from deepembed.inference import Embeddings, embed
-from deepembed.io import atomic_dir, write_json
-from deepembed.losses import MetricLoss
-from deepembed.miners import Miner
+from deepembed.errors import ConfigError
 from deepembed.models.embedder import Embedder
-from deepembed.training.build import (
-    Splits,
-    adapt_splits,
-    build_model,
-    check_names,
-    make_optimizer,
-    make_sampler,
-    make_scheduler,
-    open_splits,
-    resolve_device,
-    seed_everything,
-)
-from deepembed.training.callbacks import BestCheckpoint, Callback, EvaluateCallback, TrainState
-from deepembed.training.frozen import FeatureBank, bank_bytes, build_bank
-from deepembed.training.objective import build_objective
-from deepembed.training.rundir import SkipReporter, attach_skip_log, check_run_dir
+from deepembed.training.batches import EpochBatches, KeyedBatches
+from deepembed.training.callbacks import Callback
+from deepembed.training.checkpoint import rng_state, save_checkpoint, set_rng_state
+from deepembed.training.distributed import Strategy
 
-__all__ = ["Prepared", "TrainResult", "build_model", "evaluate_embeddings", "prepare", "train"]
+AMP_MODES = ("off", "bf16", "fp16")
 
 
-@dataclass
-class TrainResult:
-    """What a run produced: its directory, the saved model and the last evaluation."""
-
-    run_dir: Path
-    model_dir: Path
-    metrics: dict[str, Any]
-    history: list[dict[str, Any]] = field(default_factory=list)
-
-
-def evaluate_embeddings(
-    query: Embeddings, gallery: Embeddings | None, config: RunConfig
-) -> dict[str, Any]:
-    """The configured metrics: query vs gallery, or leave-one-out on the query set."""
-    return evaluate(
-        query.vectors,
-        query.labels,
-        None if gallery is None else gallery.vectors,
-        None if gallery is None else gallery.labels,
-        metrics=tuple(config.eval.metrics),
-        distance=config.eval.distance,
-    )
+def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of train.amp on `device` (None: full precision); fp16 needs CUDA."""
+    if amp not in AMP_MODES:
+        raise ConfigError(f"train.amp must be one of {', '.join(AMP_MODES)}, got {amp!r}")
+    if amp == "off":
+        return None
+    if amp == "fp16" and device.type != "cuda":
+        raise ConfigError("train.amp=fp16 needs a CUDA device; use train.amp=bf16 on a CPU")
+    return torch.bfloat16 if amp == "bf16" else torch.float16
 
 
-@dataclass
-class Prepared:
-    """Everything a run needs, built and checked before anything is written."""
+class Trainer:
+    """Trains `model` on `train_set` with `objective`; see the module docstring.
 
-    splits: Splits
-    model: Embedder
-    class_index: torch.Tensor  # (C,) sorted dataset labels of the training classes
-    loss_fn: MetricLoss
-    miner: Miner | None
-    sampler: data.PKSampler
-    device: torch.device
-    timings: dict[str, float] = field(default_factory=dict)  # seconds, to metrics.json
-
-
-def prepare(config: RunConfig) -> Prepared:
-    """Validate the config and open, build and check every part of the run, writing nothing."""
-    check_names(config)
-    device = resolve_device(config.train.device)
-    seed_everything(config.train.seed)
-    splits = open_splits(config)
-    model = build_model(config, splits.train).to(device)
-    # dataset labels -> contiguous class indices 0..C-1 (class-parameter losses index by them)
-    class_index = torch.as_tensor(np.unique(splits.train.labels), device=device)
-    loss_fn, miner = build_objective(config, len(class_index), model.embedding_dim)
-    sampler = make_sampler(config, splits.train)
-    return Prepared(splits, model, class_index, loss_fn.to(device), miner, sampler, device)
-
-
-def train(config: RunConfig, progress: bool = True, overwrite: bool = False) -> TrainResult:
-    """Train, select the checkpoint, evaluate on the test classes; all lands in config.run_dir.
-
-    Every input is checked before anything is written. The run is written to a hidden
-    directory beside `config.run_dir` that replaces it only when the run has finished, so a
-    failed or interrupted run leaves an existing run directory as it was.
+    `sampler` yields index batches per epoch (`set_epoch`); a batch's random augmentation is
+    a function of (seed, epoch, step), so a resumed run repeats the uninterrupted one.
+    `augment` (optional) runs on the device on whole batches of images; `frozen_at` > 0
+    means the dataset gives the output of the first `frozen_at` backbone stages.
+    Checkpoints go to `run_dir/checkpoints` every `checkpoint_every` steps (0: at epoch
+    ends only) and at every epoch end, the newest `keep_checkpoints` kept.
     """
-    run_dir = config.run_dir
-    check_run_dir(run_dir, overwrite)
-    if config.train.threads > 0:
-        torch.set_num_threads(config.train.threads)
-    ready = prepare(config)
-    with atomic_dir(run_dir) as stage:
-        save_config(config, stage / "config.yaml")
-        skip_log = attach_skip_log(ready.splits, stage / "skipped.txt")
-        skips = SkipReporter(skip_log, run_dir / "skipped.txt")
-        # image files are decoded (once, into the cache) only now: skips land in the log
-        start = time.perf_counter()
-        splits = adapt_splits(ready.splits, ready.model.preprocessing, config, progress)
-        # unreadable files may have been dropped while caching: sample what is left
-        ready = dataclasses.replace(
-            ready, splits=splits, sampler=make_sampler(config, splits.train)
+
+    def __init__(
+        self,
+        model: Embedder,
+        objective: nn.Module,
+        train_set: Dataset,
+        sampler: Any,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        *,
+        epochs: int,
+        max_steps: int = 0,
+        seed: int = 0,
+        callbacks: Sequence[Callback] = (),
+        strategy: Strategy | None = None,
+        amp: str = "off",
+        channels_last: bool = False,
+        num_workers: int = 0,
+        frozen_at: int = 0,
+        augment: nn.Module | None = None,
+        run_dir: Path | None = None,
+        checkpoint_every: int = 0,
+        keep_checkpoints: int = 3,
+        progress: bool = True,
+    ) -> None:
+        self.strategy = strategy or Strategy(next(model.parameters()).device)
+        self.device = self.strategy.device
+        self.model, self.objective = model.to(self.device), objective.to(self.device)
+        self.train_set, self.sampler = train_set, sampler
+        self.optimizer, self.scheduler = optimizer, scheduler
+        self.epochs, self.seed, self.callbacks = epochs, seed, list(callbacks)
+        self.steps_per_epoch = len(sampler) if max_steps <= 0 else min(len(sampler), max_steps)
+        self.amp_dtype = autocast_dtype(amp, self.device)
+        # fp16 gradients underflow without loss scaling; bf16 has float32's range
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.channels_last, self.num_workers, self.frozen_at = channels_last, num_workers, frozen_at
+        self.augment = augment.to(self.device) if augment is not None else None
+        self.run_dir, self.checkpoint_every = run_dir, checkpoint_every
+        self.keep_checkpoints, self.progress = keep_checkpoints, progress and self.strategy.is_main
+        if channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.wrapped: nn.Module = self.strategy.wrap(self.model)
+        self._frozen: tuple[int, bool] | None = None
+        # position: `epoch` (0-based) in progress, `step` batches of it done
+        self.epoch, self.step, self.global_step = 0, 0, 0
+        self.should_stop = False
+        self.history: list[dict[str, Any]] = []
+        self.record: dict[str, Any] = {}
+        self.train_seconds = self.train_seconds_epoch = 0.0
+        self._loss_sum = torch.zeros((), device=self.device)  # epoch sum, on the device
+        self._last_loss = torch.zeros((), device=self.device)
+        self._seen = 0
+
+    # -- what callbacks and objectives use ------------------------------------------------
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) batch -> (B, D) embeddings through the (wrapped) model, with the
+        run's augmentation, layout and autocast."""
+        if self.augment is not None:
+            images = self.augment(images)
+        if self.channels_last and images.ndim == 4:
+            images = images.contiguous(memory_format=torch.channels_last)
+        precision = (
+            torch.autocast(self.device.type, dtype=self.amp_dtype)
+            if self.amp_dtype is not None
+            else nullcontext()
         )
-        ready.timings["decode_s"] = time.perf_counter() - start
-        skips.report()
-        result = fit(config, ready, stage, skips, progress)
-    return dataclasses.replace(result, run_dir=run_dir, model_dir=run_dir / "model")
+        with precision:
+            return self.wrapped(images, start=self.frozen_at)
 
+    def set_frozen(self, stages: int, bn: bool) -> None:
+        """Freeze the first `stages` backbone stages (and BatchNorm statistics with `bn`);
+        a distributed wrapper is rebuilt when what trains changes."""
+        if self._frozen == (stages, bn):
+            return
+        self.model.freeze(stages, bn)
+        self._frozen = (stages, bn)
+        self.wrapped = self.strategy.wrap(self.model)
 
-def frozen_bank(
-    config: RunConfig, model: Embedder, train_set: Any, run_dir: Path, progress: bool
-) -> tuple[int, FeatureBank | None]:
-    """(stage, bank) when train.frozen_views asks for one and the model allows it, else
-    (0, None): the frozen first stages are then recomputed every step."""
-    stage, views = config.model.freeze_stages, config.train.frozen_views
-    if views <= 0 or stage <= 0:
-        return 0, None
-    if not model.backbone.splittable:
-        tqdm.write(
-            f"train.frozen_views: {config.model.backbone} cannot be split between stages; "
-            "its frozen stages are recomputed each step"
-        )
-        return 0, None
-    size = bank_bytes(model, stage, len(train_set), views)
-    if size > config.data.max_cache_gb * 2**30:
-        tqdm.write(
-            f"train.frozen_views: the bank would take {size / 2**30:.1f} GB > data.max_cache_gb; "
-            "frozen stages are recomputed each step"
-        )
-        return 0, None
-    bank = build_bank(
-        model,
-        stage,
-        train_set,
-        views,
-        run_dir,
-        config.train.seed,
-        workers=config.data.num_workers,
-        progress=progress,
-    )
-    return stage, bank
+    def last_loss(self) -> float:
+        """The loss of the last step (synchronises with the device)."""
+        return float(self._last_loss)
 
-
-def fit(
-    config: RunConfig, ready: Prepared, run_dir: Path, skips: SkipReporter, progress: bool
-) -> TrainResult:
-    """The training loop and the final test, writing into `run_dir`."""
-    splits, model, device = ready.splits, ready.model, ready.device
-    train_set, val_set = splits.train, splits.val
-    loss_fn, miner, sampler, class_index = (
-        ready.loss_fn,
-        ready.miner,
-        ready.sampler,
-        ready.class_index,
-    )
-    optimizer = make_optimizer(config, model, loss_fn)
-    channels_last = config.train.channels_last is True or (
-        config.train.channels_last == "auto" and model.prefers_channels_last
-    )
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    timings = ready.timings
-    bank_start = time.perf_counter()
-    frozen_at, bank = frozen_bank(config, model, train_set, run_dir, progress)
-    timings["frozen_bank_s"] = time.perf_counter() - bank_start
-    loader = DataLoader(
-        bank or train_set,
-        batch_sampler=sampler,
-        collate_fn=collate,
-        num_workers=0 if bank else config.data.num_workers,
-    )
-    # in-memory small images: random affine on the whole batch; image files are augmented
-    # per item (random resized crop + flip) by their dataset
-    augment = train_augmentation(
-        config.data.augment and isinstance(train_set, data.TensorImageDataset)
-    ).to(device)
-    use_amp = config.train.amp and device.type == "cuda"
-    steps_per_epoch = (
-        len(sampler) if config.train.max_steps <= 0 else min(len(sampler), config.train.max_steps)
-    )
-    scheduler = make_scheduler(
-        optimizer, config.optim.schedule, steps_per_epoch * config.train.epochs
-    )
-    metric_names = tuple(config.eval.metrics)
-    monitor_key = "val" if val_set is not None else "test"
-    checkpoint = BestCheckpoint(
-        run_dir / "model", "val" if val_set is not None else None, config.train.select
-    )
-    evaluator = EvaluateCallback(
-        val_set if val_set is not None else splits.query,
-        monitor_key,
-        metric_names,
-        config.eval.distance,
-        config.eval.batch_size,
-        config.train.eval_every,
-        progress,
-        gallery=None if val_set is not None else splits.gallery,
-    )
-    callbacks: list[Callback] = [evaluator, checkpoint]
-
-    history: list[dict[str, Any]] = []
-    history_path = run_dir / "history.jsonl"
-    mc = config.model
-    for epoch in range(config.train.epochs):
-        sampler.set_epoch(epoch)
-        if epoch < config.train.warmup_epochs:  # head-only warm-up: the backbone as loaded
-            model.freeze(len(model.backbone.stages()), bn=True)
-        elif epoch == config.train.warmup_epochs:
-            model.freeze(mc.freeze_stages, mc.freeze_bn)
-        model.train()
-        start, seen, total_loss = time.perf_counter(), 0, 0.0
-        bar = tqdm(
-            total=steps_per_epoch,
-            desc=f"epoch {epoch + 1}/{config.train.epochs}",
-            unit="batch",
-            disable=not progress,
-        )
-        for step, (images, labels) in enumerate(loader):
-            if step >= steps_per_epoch:
-                break
-            images = images.to(device, non_blocking=True)
-            if channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            labels = torch.searchsorted(class_index, labels.to(device))  # (B,) in 0..C-1
-            with torch.autocast(device.type, enabled=use_amp):
-                if bank is not None:  # images are the frozen stages' output
-                    embeddings = model.forward_from(images, frozen_at)  # (B, D)
-                else:
-                    embeddings = model(augment(images))  # (B, D)
-            mined = miner(embeddings, labels) if miner is not None else None
-            loss = loss_fn(embeddings.float(), labels, mined)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            value = float(loss.detach())
-            seen += len(labels)
-            total_loss += value
-            bar.update(1)
-            bar.set_postfix(
-                loss=f"{value:.4f}", img_s=f"{seen / (time.perf_counter() - start):.0f}"
+    # -- the loop ------------------------------------------------------------------------
+    def fit(self, checkpoint: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Train to the last epoch (or until a callback stops the run); return the history.
+        With `checkpoint` (from `load_checkpoint`), continue exactly where it was taken."""
+        if checkpoint is not None:
+            self.load_state_dict(checkpoint)
+        self._emit("on_train_start")
+        while self.epoch < self.epochs and not self.should_stop:
+            if self.step == 0:
+                self.record = {}
+                self._loss_sum.zero_()
+                self._seen = 0
+            self._emit("on_epoch_start")
+            self._run_epoch()
+            self.record.update(
+                epoch=self.epoch + 1,
+                loss=float(self._loss_sum) / max(1, self.steps_per_epoch),
+                train_images_per_s=self._seen / max(self.train_seconds_epoch, 1e-9),
+                lr=self.optimizer.param_groups[0]["lr"],
             )
-        bar.close()
-        skips.report()
-        state = TrainState(model, epoch + 1, config.train.epochs, run_dir)
-        state.record.update(
-            epoch=epoch + 1,
-            loss=total_loss / max(1, steps_per_epoch),
-            train_images_per_s=seen / (time.perf_counter() - start),
-        )
-        for callback in callbacks:
-            callback.on_epoch_end(state)
-        skips.report()
-        history.append(state.record)
-        with history_path.open("a") as f:
-            f.write(json.dumps(state.record) + "\n")
+            self._emit("on_epoch_end")
+            self.history.append(self.record)
+            self.epoch, self.step = self.epoch + 1, 0
+            self.save_checkpoint()
+        self.epoch = min(self.epoch, self.epochs)
+        self._emit("on_train_end")
+        return self.history
 
-    timings["epochs_s"] = time.perf_counter() - bank_start - timings["frozen_bank_s"]
-    test_start = time.perf_counter()
-    # the kept checkpoint (best on validation, or the last epoch) is what gets tested; when
-    # the test set was just embedded with that very model, those embeddings are reused
-    model_dir = run_dir / "model"
-    latest = evaluator.latest if val_set is None else None
-    if latest is not None and latest[0] == checkpoint.best_epoch:
-        _, query, gallery = latest
-    else:
-        kept = Embedder.load(model_dir, device)
-        query = embed(kept, splits.query, config.eval.batch_size, progress=progress)
-        gallery = None
-        if splits.gallery is not None:
-            gallery = embed(kept, splits.gallery, config.eval.batch_size, progress=progress)
-    query.save(run_dir / "embeddings" / "test.npz")
-    if gallery is not None:
-        gallery.save(run_dir / "embeddings" / "gallery.npz")
-    skips.report()
-    metrics = evaluate_embeddings(query, gallery, config)
-    summary = {
-        **metrics,
-        "dataset": config.data.name,
-        "split": "test",
-        "selected_epoch": checkpoint.best_epoch,
-        "selection": checkpoint.selection,
-        "timings": {**timings, "final_test_s": time.perf_counter() - test_start},
-    }
-    if val_set is not None:
-        summary["validation"] = history[checkpoint.best_epoch - 1]["val"]
-    write_json(run_dir / "metrics.json", summary)
-    return TrainResult(run_dir, model_dir, summary, history)
+    def _run_epoch(self) -> None:
+        self.model.train()
+        batches = EpochBatches(self.sampler, self.seed, self.epoch, self.step, self.steps_per_epoch)
+        loader = DataLoader(
+            KeyedBatches(self.train_set),
+            batch_sampler=batches,
+            collate_fn=collate,
+            num_workers=self.num_workers,
+            pin_memory=self.device.type == "cuda",
+            # its own generator: creating the loader must not draw from torch's global one,
+            # or a run resumed mid-epoch would draw differently from the uninterrupted run
+            generator=torch.Generator().manual_seed(self.seed),
+        )
+        bar = tqdm(
+            total=self.steps_per_epoch,
+            initial=self.step,
+            desc=f"epoch {self.epoch + 1}/{self.epochs}",
+            unit="batch",
+            disable=not self.progress,
+        )
+        start = time.perf_counter()
+        self.train_seconds_epoch = 0.0
+        for images, labels in loader:
+            self._emit("on_step_start")
+            batch = (
+                images.to(self.device, non_blocking=True),
+                labels.to(self.device, non_blocking=True),
+            )
+            self._optimize(batch)
+            self._seen += len(labels)
+            self.step += 1
+            self.global_step += 1
+            bar.update(1)
+            if self.progress and (self.step % 10 == 0 or self.step == self.steps_per_epoch):
+                bar.set_postfix(loss=f"{self.last_loss():.4f}")  # one sync per 10 steps
+            self._emit("on_step_end")
+            every = self.checkpoint_every
+            # (the epoch end writes its own checkpoint)
+            if every > 0 and self.global_step % every == 0 and self.step < self.steps_per_epoch:
+                self.save_checkpoint()
+        bar.close()
+        self.train_seconds_epoch = time.perf_counter() - start
+        self.train_seconds += self.train_seconds_epoch
+
+    def _optimize(self, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
+        """One step: the objective's loss, backward, gradient sync, optimiser and schedule."""
+        loss = self.objective.training_loss(self, batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        # the model's gradients are averaged by the distributed wrapper; the objective's
+        # (proxies ...) are the same on every rank already, averaged so they stay bit-equal
+        self.strategy.all_reduce_mean_(
+            [p.grad for p in self.objective.parameters() if p.grad is not None]
+        )
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        loss = loss.detach()
+        self._last_loss = loss
+        self._loss_sum += loss
+
+    def _emit(self, event: str) -> None:
+        for callback in self.callbacks:
+            getattr(callback, event)(self)
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything `fit` needs to continue from here (see training/checkpoint.py)."""
+        return {
+            "epoch": self.epoch,
+            "step": self.step,
+            "global_step": self.global_step,
+            "model": self.model.state_dict(),
+            "objective": self.objective.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": rng_state(),
+            "loss_sum": self._loss_sum.detach().cpu(),
+            "seen": self._seen,
+            "record": self.record,
+            "history": self.history,
+            "train_seconds": self.train_seconds,
+            "callbacks": {k: c.state_dict() for k, c in self._named_callbacks().items()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore `state_dict` output (the model and optimizer in place)."""
+        self.model.load_state_dict(state["model"])
+        self.objective.load_state_dict(state["objective"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.epoch, self.step = int(state["epoch"]), int(state["step"])
+        self.global_step = int(state["global_step"])
+        self._loss_sum = state["loss_sum"].to(self.device)
+        self._seen, self.record = int(state["seen"]), dict(state["record"])
+        self.history = list(state["history"])
+        self.train_seconds = float(state["train_seconds"])
+        saved = state["callbacks"]
+        for name, callback in self._named_callbacks().items():
+            if name in saved:  # callbacks added since (a user's, stateless) start afresh
+                callback.load_state_dict(saved[name])
+        set_rng_state(state["rng"])
+
+    def _named_callbacks(self) -> dict[str, Callback]:
+        """Callbacks by class name (numbered from the second of a class on)."""
+        named: dict[str, Callback] = {}
+        for callback in self.callbacks:
+            name = type(callback).__name__
+            key, n = name, 1
+            while key in named:
+                n += 1
+                key = f"{name}#{n}"
+            named[key] = callback
+        return named
+
+    def save_checkpoint(self) -> Path | None:
+        """Write a checkpoint of the current position (rank 0; others wait for it)."""
+        if self.run_dir is None:
+            return None
+        path = None
+        if self.strategy.is_main:
+            path = save_checkpoint(self.run_dir, self.state_dict(), self.keep_checkpoints)
+        self.strategy.barrier()
+        return path

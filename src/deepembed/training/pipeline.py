@@ -1,0 +1,382 @@
+"""`deepembed.train(config)`: a whole run from a config, a thin pipeline over the Trainer.
+
+check and build everything -> write the run to `.<name>.partial` -> decode images once ->
+(frozen-stage bank) -> Trainer.fit with evaluation, selection, logging and checkpoints ->
+test the kept model on the unseen classes -> metrics.json -> rename to `<name>`.
+
+Under torchrun every rank runs this; rank 0 alone writes files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from deepembed import data
+from deepembed.config import RunConfig, load_config, save_config, to_dict
+from deepembed.data.transforms import train_augmentation
+from deepembed.errors import ConfigError
+from deepembed.inference import Embeddings, evaluate_embeddings, evaluate_model
+from deepembed.io import write_json
+from deepembed.models.embedder import Embedder
+from deepembed.training.build import (
+    Splits,
+    adapt_splits,
+    build_model,
+    check_names,
+    make_optimizer,
+    make_sampler,
+    make_scheduler,
+    open_splits,
+    seed_everything,
+)
+from deepembed.training.callbacks import (
+    BestCheckpoint,
+    Callback,
+    EarlyStopping,
+    EvaluateCallback,
+    HeadWarmup,
+    LRWarmup,
+)
+from deepembed.training.checkpoint import (
+    CHECKPOINT_DIR,
+    checkpoint_paths,
+    config_differences,
+    load_checkpoint,
+)
+from deepembed.training.distributed import Strategy, check_world_size, strategy_from_env
+from deepembed.training.frozen import FeatureBank, bank_bytes, build_bank
+from deepembed.training.logs import MetricsLogger, TensorBoardLogger
+from deepembed.training.objective import MetricObjective, build_objective
+from deepembed.training.rundir import (
+    SkipReporter,
+    attach_skip_log,
+    check_run_dir,
+    finish_run,
+    partial_dir,
+    resume_dir,
+)
+from deepembed.training.trainer import Trainer, autocast_dtype
+
+__all__ = ["Prepared", "TrainResult", "prepare", "resume_config", "train"]
+
+
+@dataclass
+class TrainResult:
+    """What a run produced: its directory, the saved model and the last evaluation."""
+
+    run_dir: Path
+    model_dir: Path
+    metrics: dict[str, Any]
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class Prepared:
+    """Everything a run needs, built and checked before anything is written."""
+
+    splits: Splits
+    model: Embedder
+    objective: MetricObjective
+    sampler: data.PKSampler
+    strategy: Strategy
+    timings: dict[str, float] = field(default_factory=dict)  # seconds, to metrics.json
+
+
+def prepare(config: RunConfig, strategy: Strategy | None = None) -> Prepared:
+    """Validate the config and open, build and check every part of the run, writing nothing."""
+    check_names(config)
+    strategy = strategy or Strategy(_device(config))
+    autocast_dtype(config.train.amp, strategy.device)
+    if config.train.early_stopping and config.data.val_classes <= 0:
+        raise ConfigError(
+            "train.early_stopping needs validation classes (data.val_classes > 0): stopping "
+            "on the test classes would tune the run on them"
+        )
+    seed_everything(config.train.seed)
+    splits = open_splits(config)
+    model = build_model(config, splits.train).to(strategy.device)
+    # dataset labels -> contiguous class indices 0..C-1 (class-parameter losses index by them)
+    class_index = torch.as_tensor(np.unique(splits.train.labels), device=strategy.device)
+    loss_fn, miner = build_objective(config, len(class_index), model.embedding_dim)
+    objective = MetricObjective(loss_fn, miner, class_index).to(strategy.device)
+    if strategy.world_size > 1:  # the batches of one epoch, before rounding up for ranks
+        check_world_size(len(make_sampler(config, splits.train)), strategy.world_size)
+    sampler = make_sampler(config, splits.train, strategy.rank, strategy.world_size)
+    return Prepared(splits, model, objective, sampler, strategy)
+
+
+def _device(config: RunConfig) -> torch.device:
+    from deepembed.training.build import resolve_device
+
+    return resolve_device(config.train.device)
+
+
+def resume_config(
+    run_dir: Path, config_path: str | None = None, overrides: list[str] | None = None
+) -> RunConfig:
+    """The config of the interrupted run at `run_dir`. A config file or overrides given
+    with --resume may change only how the run executes (RESUMABLE_CHANGES); any other
+    difference is a ConfigError naming the keys."""
+    stage = resume_dir(run_dir)
+    saved = load_config(stage / "config.yaml")
+    wanted = saved
+    if config_path is not None or overrides:
+        wanted = load_config(config_path or stage / "config.yaml", overrides)
+        differences = config_differences(to_dict(saved), to_dict(wanted))
+        if differences:
+            raise ConfigError(
+                f"--resume {run_dir}: the run was started with another config; differing "
+                "keys: " + "; ".join(differences)
+            )
+    # the run continues where it is now, even if its directory was moved
+    name = stage.name.removeprefix(".").removesuffix(".partial")
+    return dataclasses.replace(wanted, name=name, output_dir=str(stage.parent))
+
+
+def train(
+    config: RunConfig,
+    progress: bool = True,
+    overwrite: bool = False,
+    resume: bool = False,
+    callbacks: Sequence[Callback] = (),
+) -> TrainResult:
+    """Train, select the checkpoint, test on the unseen classes; all lands in config.run_dir.
+
+    Every input is checked before anything is written. The run is written to
+    `<output_dir>/.<name>.partial`, which replaces `config.run_dir` only when the run has
+    finished, so a failed run leaves an existing run directory as it was. An interrupted
+    run keeps its partial directory and checkpoints: `resume=True` continues it exactly.
+    `callbacks` are added after the run's own.
+    """
+    run_dir, stage = config.run_dir, partial_dir(config.run_dir)
+    strategy = strategy_from_env(config.train.device)
+    checkpoint = None
+    if resume:
+        checkpoint, path, notes = load_checkpoint(resume_dir(run_dir))
+        for note in notes:
+            tqdm.write(note)
+        if strategy.is_main and progress:
+            tqdm.write(f"resuming {run_dir} from {path.name}")
+    else:
+        check_run_dir(run_dir, overwrite)
+    if config.train.threads > 0:
+        torch.set_num_threads(config.train.threads)
+    ready = prepare(config, strategy)
+    if not resume and strategy.is_main:
+        shutil.rmtree(stage, ignore_errors=True)  # --overwrite of an interrupted run
+    if strategy.is_main:
+        stage.mkdir(parents=True, exist_ok=True)
+        save_config(config, stage / "config.yaml")
+    strategy.barrier()
+    try:
+        result = _run(config, ready, stage, checkpoint, progress, callbacks)
+    except BaseException:
+        if strategy.is_main and not checkpoint_paths(stage):
+            shutil.rmtree(stage, ignore_errors=True)  # nothing to resume from
+        elif strategy.is_main:
+            tqdm.write(f"the run can continue: deepembed train --resume {run_dir}")
+        raise
+    if strategy.is_main:
+        shutil.rmtree(stage / CHECKPOINT_DIR, ignore_errors=True)
+        finish_run(stage, run_dir)
+    strategy.barrier()
+    return dataclasses.replace(result, run_dir=run_dir, model_dir=run_dir / "model")
+
+
+def _adapt(ready: Prepared, config: RunConfig, stage: Path, progress: bool) -> Prepared:
+    """Decode image files (once, into the cache; rank 0 first, the others then read it)."""
+    strategy = ready.strategy
+    skip_log = attach_skip_log(ready.splits, stage / "skipped.txt")
+    skips = SkipReporter(skip_log, config.run_dir / "skipped.txt")
+    start = time.perf_counter()
+    if not strategy.is_main:
+        strategy.barrier()
+    splits = adapt_splits(ready.splits, ready.model.preprocessing, config, progress)
+    if strategy.is_main:
+        strategy.barrier()
+    # unreadable files may have been dropped while caching: sample what is left
+    sampler = make_sampler(config, splits.train, strategy.rank, strategy.world_size)
+    ready = dataclasses.replace(ready, splits=splits, sampler=sampler)
+    ready.timings["decode_s"] = time.perf_counter() - start
+    if strategy.is_main:
+        skips.report()
+    return ready
+
+
+def frozen_bank(
+    config: RunConfig, model: Embedder, train_set: Any, run_dir: Path, progress: bool
+) -> tuple[int, FeatureBank | None]:
+    """(stage, bank) when train.frozen_views asks for one and the model allows it, else
+    (0, None): the frozen first stages are then recomputed every step."""
+    stage, views = config.model.freeze_stages, config.train.frozen_views
+    if views <= 0 or stage <= 0:
+        return 0, None
+    if not model.backbone.splittable:
+        tqdm.write(
+            f"train.frozen_views: {config.model.backbone} cannot be split between stages; "
+            "its frozen stages are recomputed each step"
+        )
+        return 0, None
+    size = bank_bytes(model, stage, len(train_set), views)
+    if size > config.data.max_cache_gb * 2**30:
+        tqdm.write(
+            f"train.frozen_views: the bank would take {size / 2**30:.1f} GB > data.max_cache_gb; "
+            "frozen stages are recomputed each step"
+        )
+        return 0, None
+    bank = build_bank(
+        model,
+        stage,
+        train_set,
+        views,
+        run_dir,
+        config.train.seed,
+        workers=config.data.num_workers,
+        progress=progress,
+    )
+    return stage, bank
+
+
+def _run(
+    config: RunConfig,
+    ready: Prepared,
+    stage: Path,
+    checkpoint: dict[str, Any] | None,
+    progress: bool,
+    extra: Sequence[Callback],
+) -> TrainResult:
+    """Decode, train and test into `stage`."""
+    ready = _adapt(ready, config, stage, progress)
+    splits, model, strategy, timings = ready.splits, ready.model, ready.strategy, ready.timings
+    show = progress and strategy.is_main
+    bank_start = time.perf_counter()
+    frozen_at, bank = frozen_bank(config, model, splits.train, stage, show)
+    timings["frozen_bank_s"] = time.perf_counter() - bank_start
+    optimizer = make_optimizer(config, model, ready.objective)
+    steps = len(ready.sampler) if config.train.max_steps <= 0 else config.train.max_steps
+    steps = min(steps, len(ready.sampler))
+    scheduler = make_scheduler(optimizer, config.optim.schedule, steps * config.train.epochs)
+    # in-memory small images: random affine on the whole batch; image files are augmented
+    # per item (random resized crop + flip) by their dataset
+    tensors = isinstance(splits.train, data.TensorImageDataset)
+    augment = train_augmentation(config.data.augment and tensors) if bank is None else None
+    val = splits.val
+    key = "val" if val is not None else "test"
+    evaluator = EvaluateCallback(
+        val if val is not None else splits.query,
+        key,
+        tuple(config.eval.metrics),
+        config.eval.distance,
+        config.eval.batch_size,
+        config.train.eval_every,
+        show,
+        gallery=None if val is not None else splits.gallery,
+    )
+    keeper = BestCheckpoint(
+        stage / "model", "val" if val is not None else None, config.train.select
+    )
+    callbacks: list[Callback] = [
+        HeadWarmup(config.train.warmup_epochs, config.model.freeze_stages, config.model.freeze_bn),
+        evaluator,
+        keeper,
+    ]
+    if config.train.early_stopping:
+        callbacks.append(EarlyStopping("val", config.train.select, config.train.early_stopping))
+    if config.optim.warmup_steps:
+        callbacks.append(LRWarmup(config.optim.warmup_steps))
+    callbacks.append(MetricsLogger(stage))
+    if TensorBoardLogger.available():
+        callbacks.append(TensorBoardLogger(stage / "tensorboard"))
+    channels_last = config.train.channels_last is True or (
+        config.train.channels_last == "auto" and model.prefers_channels_last
+    )
+    trainer = Trainer(
+        model,
+        ready.objective,
+        bank or splits.train,
+        ready.sampler,
+        optimizer,
+        scheduler,
+        epochs=config.train.epochs,
+        max_steps=config.train.max_steps,
+        seed=config.train.seed,
+        callbacks=[*callbacks, *extra],
+        strategy=strategy,
+        amp=config.train.amp,
+        channels_last=channels_last,
+        num_workers=0 if bank is not None else config.data.num_workers,
+        frozen_at=frozen_at,
+        augment=augment,
+        run_dir=stage,
+        checkpoint_every=config.train.checkpoint_every,
+        keep_checkpoints=config.train.keep_checkpoints,
+        progress=progress,
+    )
+    history = trainer.fit(checkpoint)
+    timings["epochs_s"] = trainer.train_seconds
+    return _final_test(config, ready, stage, evaluator, keeper, history, show)
+
+
+def _final_test(
+    config: RunConfig,
+    ready: Prepared,
+    stage: Path,
+    evaluator: EvaluateCallback,
+    keeper: BestCheckpoint,
+    history: list[dict[str, Any]],
+    progress: bool,
+) -> TrainResult:
+    """Test the kept model (best on validation, or the last epoch's) on the unseen classes.
+    When the test set was just embedded by that very model, those embeddings are reused."""
+    splits, strategy, timings = ready.splits, ready.strategy, ready.timings
+    start = time.perf_counter()
+    model_dir = stage / "model"
+    latest = evaluator.latest if splits.val is None else None
+    query: Embeddings
+    gallery: Embeddings | None
+    if latest is not None and latest[0] == keeper.best_epoch:
+        _, query, gallery = latest
+        metrics = evaluate_embeddings(
+            query, gallery, tuple(config.eval.metrics), config.eval.distance
+        )
+    else:
+        strategy.barrier()  # rank 0 has written the model
+        kept = Embedder.load(model_dir, strategy.device)
+        metrics, query, gallery = evaluate_model(
+            kept,
+            splits.query,
+            splits.gallery,
+            tuple(config.eval.metrics),
+            config.eval.distance,
+            config.eval.batch_size,
+            progress,
+            strategy,
+        )
+    summary = {
+        **metrics,
+        "dataset": config.data.name,
+        "split": "test",
+        "selected_epoch": keeper.best_epoch,
+        "selection": keeper.selection,
+        "epochs_trained": len(history),
+        "world_size": strategy.world_size,
+        "timings": {**timings, "final_test_s": time.perf_counter() - start},
+    }
+    if splits.val is not None:
+        summary["validation"] = history[keeper.best_epoch - 1]["val"]
+    if strategy.is_main:
+        query.save(stage / "embeddings" / "test.npz")
+        if gallery is not None:
+            gallery.save(stage / "embeddings" / "gallery.npz")
+        write_json(stage / "metrics.json", summary)
+    return TrainResult(stage, model_dir, summary, history)
