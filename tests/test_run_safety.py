@@ -18,6 +18,7 @@ import pytest
 from typer.testing import CliRunner
 
 from deepembed.cli.main import app
+from deepembed.training.rundir import partial_dir
 from tests.conftest import TINY_RUN
 from tests.data.conftest import write_image
 
@@ -190,19 +191,23 @@ def test_skipped_images_are_reported_once_and_listed(tmp_path: Path) -> None:
     assert sorted(Path(line.split("\t")[0]).name for line in listed) == ["0.png", "1.png", "2.png"]
 
 
-def test_terminated_run_leaves_nothing_behind(finished: Path) -> None:
-    """SIGTERM (a scheduler's pre-emption) unwinds like Ctrl-C: exit 130, the staged run
-    directory removed, the finished run untouched."""
-    before = snapshot(finished.parent)
+def test_terminated_run_keeps_its_checkpoints_and_the_finished_run(finished: Path) -> None:
+    """SIGTERM (a scheduler's pre-emption) unwinds like Ctrl-C: exit 130, the finished run
+    untouched, the interrupted one kept beside it with its checkpoints and the command that
+    continues it."""
+    before = snapshot(finished)
     command = [str(Path(sys.executable).parent / "deepembed"), "train", "configs/mnist30.yaml"]
     command += [f"output_dir={finished.parent}", f"name={finished.name}", "--overwrite", "-q"]
     command += ["train.epochs=50", "data.train_per_class=40", "data.eval_per_source=150"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    checkpoints = partial_dir(finished) / "checkpoints"
     deadline = time.monotonic() + 120
-    while not any(p.name.startswith(".tiny.") for p in finished.parent.iterdir()):
+    while not (checkpoints.is_dir() and any(checkpoints.glob("step-*.pt"))):
         assert process.poll() is None and time.monotonic() < deadline, process.stdout.read()
         time.sleep(0.2)
     process.send_signal(signal.SIGTERM)
     output = process.communicate(timeout=60)[0].decode()
     assert process.returncode == 130 and "interrupted" in output, output
-    assert snapshot(finished.parent) == before
+    assert f"deepembed train --resume {finished}" in output
+    assert snapshot(finished) == before
+    assert any(checkpoints.glob("step-*.pt"))

@@ -212,6 +212,7 @@ def evaluate_model(
     batch_size: int = 0,
     progress: bool = True,
     strategy: Strategy | None = None,
+    backend: str = "auto",
 ) -> tuple[dict[str, Any], Embeddings, Embeddings | None]:
     """Embed the query (and gallery) sets with `model` and evaluate them: the one path the
     training callback, the final test and `deepembed evaluate --model` share. In a
@@ -220,7 +221,7 @@ def evaluate_model(
     g = None if gallery is None else embed_sharded(model, gallery, batch_size, progress, strategy)
     result = None
     if strategy is None or strategy.is_main:
-        result = evaluate_embeddings(q, g, metrics, distance)
+        result = evaluate_embeddings(q, g, metrics, distance, backend)
     if strategy is not None:
         result = strategy.broadcast_object(result)
     return result, q, g  # type: ignore[return-value]

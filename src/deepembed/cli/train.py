@@ -6,13 +6,19 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from torch.utils.data import Dataset
 
 from deepembed.cli.common import format_metrics, handle_errors, progress_enabled, run_dir_of
 from deepembed.config import load_config
 from deepembed.data.adapt import Loading
 from deepembed.errors import UserError
-from deepembed.evaluation import evaluate as evaluate_vectors
-from deepembed.inference import Embeddings, embed_split
+from deepembed.inference import (
+    Embeddings,
+    embed_split,
+    evaluate_embeddings,
+    evaluate_model,
+    open_split_for,
+)
 from deepembed.io import write_json
 from deepembed.models.embedder import Embedder
 from deepembed.training import train as train_run
@@ -141,6 +147,9 @@ def evaluate(
 ) -> None:
     """Recall@K, MAP@R, mAP, NMI ... of embeddings (or of a model on a dataset); prints a
     table, writes evaluation.json (never the run's metrics.json, which training wrote)."""
+    names = tuple(m.strip() for m in metrics.split(",") if m.strip())
+    if plot and not any(n.startswith("recall@") for n in names):
+        raise UserError("--plot needs recall@K metrics in --metrics")
     sources: dict[str, str] = {}
     if model is not None:
         if embeddings is not None or gallery is not None:
@@ -150,35 +159,37 @@ def evaluate(
         embedder = Embedder.load(model)
         loading = Loading(progress=progress_enabled(quiet))
 
-        def embed_one(name: str) -> Embeddings:
-            return embed_split(embedder, dataset, root, name, eval_per_source, loading)
+        def open_one(name: str) -> Dataset:
+            return open_split_for(embedder, dataset, root, name, eval_per_source, loading)
 
-        query = embed_one(query_split or split)
-        ref = embed_one(gallery_split) if gallery_split else None
+        query_set = open_one(query_split or split)
+        gallery_set = open_one(gallery_split) if gallery_split else None
+        if gallery_set is not None and len(gallery_set) == 0:  # type: ignore[arg-type]
+            raise UserError(f"empty gallery: split {gallery_split} holds no images")
+        # the one evaluation path of training's callback and final test
+        result, *_ = evaluate_model(
+            embedder,
+            query_set,
+            gallery_set,
+            names,
+            distance,
+            progress=loading.progress,
+            backend=backend,
+        )
         sources = {"model": str(model), "dataset": dataset}
-        sources |= {"query": query_split, "gallery": gallery_split} if ref else {"split": split}
+        sources |= {"query": query_split, "gallery": gallery_split} if gallery_split else {}
+        sources |= {} if gallery_split else {"split": split}
         default_dir = run_dir_of(model)
     elif embeddings is not None:
         query = Embeddings.load(embeddings)
         ref = Embeddings.load(gallery) if gallery is not None else None
+        if ref is not None and len(ref) == 0:
+            raise UserError(f"empty gallery: {gallery} holds no embeddings")
+        result = evaluate_embeddings(query, ref, names, distance, backend)
         sources = {"query": str(embeddings), "gallery": str(gallery or embeddings)}
         default_dir = run_dir_of(embeddings)
     else:
         raise UserError("nothing to evaluate: give an embeddings .npz or --model DIR")
-    if ref is not None and len(ref) == 0:
-        raise UserError(f"empty gallery: {gallery or gallery_split} holds no embeddings")
-    names = tuple(m.strip() for m in metrics.split(",") if m.strip())
-    if plot and not any(n.startswith("recall@") for n in names):
-        raise UserError("--plot needs recall@K metrics in --metrics")
-    result = evaluate_vectors(
-        query.vectors,
-        query.labels,
-        None if ref is None else ref.vectors,
-        None if ref is None else ref.labels,
-        metrics=names,
-        distance=distance,
-        backend=backend,
-    )
     result = {**result, **sources}
     typer.echo(format_metrics(result))
     path = write_json(out or default_dir / "evaluation.json", result)
