@@ -135,13 +135,15 @@ def main() -> None:
                 trainer(config, train_set, batches, args.device, args.amp)
             )
     median = {name: statistics.median(values) for name, values in runs.items()}
-    print(f"{args.steps} steps of {len(batches[0])} images, {args.device}, {args.repeats} runs each")
+    size = len(batches[0])
+    print(f"{args.steps} steps of {size} images, {args.device}, {args.repeats} runs each")
     for name, values in runs.items():
         shown = ", ".join(f"{v:.0f}" for v in values)
         print(f"  {name:<14} median {median[name]:7.0f} img/s  (runs: {shown})")
     print(f"trainer / plain: {median['trainer'] / median['plain']:.3f}x")
     if args.amp:
-        print(f"{args.amp} / fp32 trainer: {median[f'trainer {args.amp}'] / median['trainer']:.3f}x")
+        ratio = median[f"trainer {args.amp}"] / median["trainer"]
+        print(f"{args.amp} / fp32 trainer: {ratio:.3f}x")
 
 
 if __name__ == "__main__":
