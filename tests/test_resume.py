@@ -121,7 +121,9 @@ def test_resume_falls_back_from_a_truncated_checkpoint_and_refuses_bad_resumes(
     # where it runs may change
     newest = checkpoint_paths(stage)[0]
     newest.write_bytes(newest.read_bytes()[:1000])  # truncated, as by a full disk
-    result = runner.invoke(app, ["train", "--resume", str(killed), "train.threads=1", "-q"])
+    # (the config key does what --resume does)
+    again = [*overrides(tmp_path, "killed", "proxies"), "train.threads=1", f"train.resume={killed}"]
+    result = runner.invoke(app, ["train", "configs/mnist30.yaml", *again, "-q"])
     assert result.exit_code == 0, result.output
     assert f"checkpoint {newest} is unreadable" in result.output
     assert (killed / "model" / "model.safetensors").is_file()

@@ -145,6 +145,7 @@ class TrainConfig:
     checkpoint_every: int = 200  # steps between resumable checkpoints (also at epoch ends)
     keep_checkpoints: int = 2  # newest checkpoints kept while the run is unfinished
     early_stopping: int = 0  # > 0: stop after this many validations without improvement
+    resume: str = ""  # an interrupted run directory to continue (as `train --resume RUN_DIR`)
     channels_last: bool | str = "auto"  # NHWC layout: true | false | auto (true from 64 px on)
     frozen_views: int = 0  # > 0: frozen stages run once on this many augmented views per image
     eval_every: int = 1  # epochs between evaluations (validation split, else test); 0 = at end

@@ -28,6 +28,7 @@ CHECKPOINT_DIR = "checkpoints"
 FORMAT = 1
 # keys that may change when a run is resumed: where and how fast it runs, not what it computes
 RESUMABLE_CHANGES = (
+    "train.resume",
     "train.device",
     "train.threads",
     "train.checkpoint_every",

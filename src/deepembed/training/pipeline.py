@@ -122,25 +122,33 @@ def _device(config: RunConfig) -> torch.device:
 
 
 def resume_config(
-    run_dir: Path, config_path: str | None = None, overrides: list[str] | None = None
+    run_dir: str | Path, config_path: str | Path | None = None, overrides: list[str] | None = None
 ) -> RunConfig:
-    """The config of the interrupted run at `run_dir`. A config file or overrides given
-    with --resume may change only how the run executes (RESUMABLE_CHANGES); any other
-    difference is a ConfigError naming the keys."""
+    """The config of the interrupted run at `run_dir`, or the config file / overrides given
+    with --resume, which may change only how the run executes (RESUMABLE_CHANGES)."""
+    wanted = None
+    if config_path is not None or overrides:
+        wanted = load_config(config_path or resume_dir(Path(run_dir)) / "config.yaml", overrides)
+    return check_resumable(Path(run_dir), wanted)
+
+
+def check_resumable(run_dir: Path, wanted: RunConfig | None = None) -> RunConfig:
+    """The config to continue the interrupted run at `run_dir` with: its own, or `wanted`
+    when that differs only in RESUMABLE_CHANGES (else a ConfigError naming the keys)."""
     stage = resume_dir(run_dir)
     saved = load_config(stage / "config.yaml")
-    wanted = saved
-    if config_path is not None or overrides:
-        wanted = load_config(config_path or stage / "config.yaml", overrides)
+    if wanted is not None:
         differences = config_differences(to_dict(saved), to_dict(wanted))
         if differences:
             raise ConfigError(
                 f"--resume {run_dir}: the run was started with another config; differing "
                 "keys: " + "; ".join(differences)
             )
+        saved = wanted
     # the run continues where it is now, even if its directory was moved
     name = stage.name.removeprefix(".").removesuffix(".partial")
-    return dataclasses.replace(wanted, name=name, output_dir=str(stage.parent))
+    train_config = dataclasses.replace(saved.train, resume=str(run_dir))
+    return dataclasses.replace(saved, name=name, output_dir=str(stage.parent), train=train_config)
 
 
 def train(
@@ -155,9 +163,12 @@ def train(
     Every input is checked before anything is written. The run is written to
     `<output_dir>/.<name>.partial`, which replaces `config.run_dir` only when the run has
     finished, so a failed run leaves an existing run directory as it was. An interrupted
-    run keeps its partial directory and checkpoints: `resume=True` continues it exactly.
+    run keeps its partial directory and checkpoints: `resume=True` (or
+    train.resume=RUN_DIR) continues it exactly.
     `callbacks` are added after the run's own.
     """
+    if config.train.resume:  # train.resume=RUN_DIR in a config: as --resume RUN_DIR
+        config, resume = check_resumable(Path(config.train.resume), config), True
     run_dir, stage = config.run_dir, partial_dir(config.run_dir)
     strategy = strategy_from_env(config.train.device)
     checkpoint = None
