@@ -1,7 +1,8 @@
 """deepembed: deep embedding learning for image retrieval.
 
 Public API: `Embedder` (load / embed), the `losses`, `miners`, `data`, `evaluation` and
-`index` modules (each with `create`/`open`/`evaluate` entry points), `train` and `embed`.
+`index` modules (each with `create`/`open`/`evaluate` entry points), `train` (a config-driven
+run over `Trainer`) and `embed`.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from deepembed.errors import ConfigError, DataError, ModelFormatError, UserError
 from deepembed.evaluation import evaluate
 from deepembed.inference import Embeddings, embed
 from deepembed.models.embedder import Embedder, EmbedderSpec
-from deepembed.training import train
+from deepembed.training import Trainer, train
 
 __version__ = "0.1.0"
 
@@ -24,6 +25,7 @@ __all__ = [
     "Embeddings",
     "ModelFormatError",
     "RunConfig",
+    "Trainer",
     "UserError",
     "__version__",
     "data",
