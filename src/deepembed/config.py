@@ -84,6 +84,8 @@ class ModelConfig:
     pool: str = ""  # "" = the backbone's default; avg | max | avgmax | gem | gridmax
     pool_params: dict[str, Any] = field(default_factory=dict)
     embedding_dim: int = 128  # 0 = the pooled features themselves
+    head: str = "embedding"  # embedding (float vectors) | hash (binary codes, model.bits)
+    bits: int = 64  # hash head: code length, a multiple of 8
     head_bn: bool = False  # BatchNorm before the projection
     normalize: bool = True
     image_size: int = 0  # 0 = the backbone's input size (small_cnn: the data's)
@@ -94,6 +96,9 @@ class ModelConfig:
         require(self.embedding_dim >= 0, "model.embedding_dim", ">= 0", self.embedding_dim)
         require(self.image_size >= 0, "model.image_size", ">= 0", self.image_size)
         require(self.freeze_stages >= 0, "model.freeze_stages", ">= 0", self.freeze_stages)
+        require(self.head in ("embedding", "hash"), "model.head", "embedding or hash", self.head)
+        bits_ok = self.bits >= 8 and self.bits % 8 == 0
+        require(bits_ok, "model.bits", "a positive multiple of 8 (packed bytes)", self.bits)
 
 
 @dataclass

@@ -25,12 +25,18 @@ if TYPE_CHECKING:
 
 @dataclass
 class Embeddings:
-    """Vectors (N, D) float32 with their labels (N,), item ids (N,) and class names."""
+    """Vectors (N, D) float32 with their labels (N,), item ids (N,) and class names.
+
+    A hash model's vectors are its codes as +1/-1 floats (N, bits); `codes` then holds them
+    packed, (N, bits / 8) uint8, bit j of an item in byte j // 8 at bit 7 - j % 8 (most
+    significant first: numpy's packbits order, faiss's binary indexes read the same bytes).
+    """
 
     vectors: np.ndarray
     labels: np.ndarray
     ids: np.ndarray
     class_names: dict[int, str] = field(default_factory=dict)
+    codes: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.vectors)
@@ -43,19 +49,33 @@ class Embeddings:
     def __len__(self) -> int:
         return len(self.vectors)
 
+    @classmethod
+    def from_codes(
+        cls,
+        signs: np.ndarray,
+        labels: np.ndarray,
+        ids: np.ndarray,
+        class_names: dict[int, str] | None = None,
+    ) -> Embeddings:
+        """Embeddings of a hash model from its +1/-1 codes (N, bits), packed alongside."""
+        return cls(signs, labels, ids, class_names or {}, np.packbits(signs > 0, axis=1))
+
+    @property
+    def bits(self) -> int:
+        """Code length of a hash model's embeddings; 0 for float vectors."""
+        return 0 if self.codes is None else self.vectors.shape[1]
+
     def save(self, path: str | Path) -> Path:
-        """Write an .npz file (atomically) with arrays vectors, labels, ids."""
-        return atomic_write(
-            Path(path),
-            lambda tmp: np.savez(
-                tmp.open("wb"),
-                vectors=self.vectors,
-                labels=self.labels,
-                ids=self.ids,
-                class_names=np.array(json.dumps({str(k): v for k, v in self.class_names.items()})),
-            ),
-            suffix=".npz",
-        )
+        """Write an .npz file (atomically) with arrays vectors, labels, ids (and codes)."""
+        arrays = {
+            "vectors": self.vectors,
+            "labels": self.labels,
+            "ids": self.ids,
+            "class_names": np.array(json.dumps({str(k): v for k, v in self.class_names.items()})),
+        }
+        if self.codes is not None:
+            arrays["codes"] = self.codes
+        return atomic_write(Path(path), lambda tmp: np.savez(tmp.open("wb"), **arrays), ".npz")
 
     @classmethod
     def load(cls, path: str | Path) -> Embeddings:
@@ -72,6 +92,7 @@ class Embeddings:
                 data["labels"],
                 data["ids"],
                 {int(k): v for k, v in names.items()},
+                data.get("codes"),
             )
 
 
@@ -121,10 +142,9 @@ def embed(
     ids = np.asarray(getattr(dataset, "ids", np.arange(len(dataset))), np.int64)  # type: ignore[arg-type]
     names = dict(getattr(dataset, "class_names", {}))
     if not vectors:
-        return Embeddings(
-            np.empty((0, model.embedding_dim), np.float32), np.empty(0, np.int64), ids, names
-        )
-    return Embeddings(np.concatenate(vectors), np.concatenate(labels).astype(np.int64), ids, names)
+        vectors, labels = [np.empty((0, model.embedding_dim), np.float32)], [np.empty(0)]
+    out = np.concatenate(vectors), np.concatenate(labels).astype(np.int64), ids, names
+    return Embeddings.from_codes(*out) if model.produces_codes else Embeddings(*out)
 
 
 def open_split_for(
@@ -171,17 +191,10 @@ def embed_sharded(
         return embed(model, dataset, batch_size, progress=progress)
     rows = strategy.shard(len(dataset))  # type: ignore[arg-type]
     part = embed(model, Subset(dataset, rows.tolist()), batch_size, progress=progress)
-    whole = embed_result_like(dataset, strategy.gather_rows(part.vectors))
-    whole.labels = strategy.gather_rows(part.labels)
-    return whole
-
-
-def embed_result_like(dataset: Dataset, vectors: np.ndarray) -> Embeddings:
-    """Embeddings of `dataset` from its vectors: labels, ids and names from the dataset."""
-    n = len(vectors)
-    labels = np.asarray(getattr(dataset, "labels", np.zeros(n)), np.int64)
-    ids = np.asarray(getattr(dataset, "ids", np.arange(n)), np.int64)
-    return Embeddings(vectors, labels, ids, dict(getattr(dataset, "class_names", {})))
+    vectors, labels = strategy.gather_rows(part.vectors), strategy.gather_rows(part.labels)
+    ids = np.asarray(getattr(dataset, "ids", np.arange(len(vectors))), np.int64)
+    out = vectors, labels, ids, dict(getattr(dataset, "class_names", {}))
+    return Embeddings.from_codes(*out) if model.produces_codes else Embeddings(*out)
 
 
 def evaluate_embeddings(

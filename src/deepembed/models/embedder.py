@@ -21,7 +21,7 @@ from deepembed.data.preprocess import Preprocess
 from deepembed.errors import ConfigError, ModelFormatError
 from deepembed.io import atomic_dir, reading
 from deepembed.models.backbones import Backbone, Pretrained, create_backbone, default_pretrained
-from deepembed.models.heads import EmbeddingHead
+from deepembed.models.heads import HASH_ACTIVATIONS, EmbeddingHead, HashHead
 from deepembed.models.pooling import create_pool
 
 FORMAT_VERSION = 2  # 2: pooling, head BN, preprocess; version 1 directories still load
@@ -50,6 +50,9 @@ class EmbedderSpec:
     in_channels: int = 0
     image_size: int = 0
     preprocess: dict[str, Any] | None = None
+    head: str = "embedding"  # embedding | hash (binary codes of `bits` bits)
+    bits: int = 0
+    hash_activation: str = "tanh"  # the hash head's training relaxation (HashHead)
 
 
 class Embedder(nn.Module):
@@ -70,9 +73,7 @@ class Embedder(nn.Module):
         self.pool = create_pool(pool_name, self.backbone.num_features, **pool_params)
         if spec.embedding_dim < 0:
             raise ConfigError(f"model.embedding_dim must be >= 0, got {spec.embedding_dim}")
-        self.head = EmbeddingHead(
-            self.pool.out_features, spec.embedding_dim, spec.normalize, spec.head_bn
-        )
+        self.head: EmbeddingHead | HashHead = build_head(spec, self.pool.out_features)
         pre = Preprocess.from_dict(spec.preprocess) if spec.preprocess else self.backbone.preprocess
         if spec.image_size:
             pre = pre.at_size(spec.image_size)
@@ -101,8 +102,13 @@ class Embedder(nn.Module):
 
     @property
     def embedding_dim(self) -> int:
-        """D, the length of an embedding."""
+        """D, the length of an embedding (the number of bits of a hash model)."""
         return self.head.out_features
+
+    @property
+    def produces_codes(self) -> bool:
+        """Whether the model gives binary codes (+1/-1 per bit) rather than float vectors."""
+        return isinstance(self.head, HashHead)
 
     def forward(self, images: torch.Tensor, start: int = 0) -> torch.Tensor:
         """(B, C, H, W) images in [0, 1] -> (B, D) embeddings. With `start` > 0 the input is
@@ -229,6 +235,28 @@ class Embedder(nn.Module):
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelFormatError(f"model {path} cannot be loaded: {first}") from exc
         return model.to(device).eval()
+
+
+HEADS = ("embedding", "hash")
+
+
+def build_head(spec: EmbedderSpec, in_features: int) -> EmbeddingHead | HashHead:
+    """The head a spec names: float embeddings or binary codes of `spec.bits` bits."""
+    if spec.head not in HEADS:
+        raise ConfigError(f"model.head must be one of {', '.join(HEADS)}, got {spec.head!r}")
+    if spec.head == "embedding":
+        return EmbeddingHead(in_features, spec.embedding_dim, spec.normalize, spec.head_bn)
+    if spec.bits < 8 or spec.bits % 8:
+        raise ConfigError(
+            f"model.bits must be a positive multiple of 8 (codes are stored packed in bytes), "
+            f"got {spec.bits}"
+        )
+    if spec.hash_activation not in HASH_ACTIVATIONS:
+        raise ConfigError(
+            f"hash activation must be one of {', '.join(HASH_ACTIVATIONS)}, "
+            f"got {spec.hash_activation!r}"
+        )
+    return HashHead(in_features, spec.bits, spec.head_bn, spec.hash_activation)
 
 
 def _from_version_1(config: dict[str, Any]) -> dict[str, Any]:

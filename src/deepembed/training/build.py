@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.optim import Adam
 
-from deepembed import data
+from deepembed import data, losses
 from deepembed.config import RunConfig
 from deepembed.data.adapt import Loading, for_model
 from deepembed.data.preprocess import Preprocess
@@ -60,6 +60,10 @@ def build_model(config: RunConfig, train_set: Any) -> Embedder:
         head_bn=mc.head_bn,
         normalize=mc.normalize,
         image_size=mc.image_size,
+        head=mc.head,
+        bits=mc.bits if mc.head == "hash" else 0,
+        # losses that binarise the codes themselves (GreedyHash) take the head's raw output
+        hash_activation=getattr(losses.LOSSES.get(config.loss.name), "hash_activation", "tanh"),
     )
     if getattr(BACKBONES.get(mc.backbone), "follows_data", False):
         if isinstance(train_set, data.TensorImageDataset):
