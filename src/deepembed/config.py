@@ -45,6 +45,14 @@ class DataConfig:
     num_workers: int = 0
     val_classes: float = 0.0  # fraction of training classes held out to choose the checkpoint
     val_per_class: int = 0  # >0 caps each validation class (cheaper per-epoch evaluation)
+    # retrieval: the dataset's own protocol (class-disjoint, or query/gallery). hashing: the
+    # seen-class protocol of the hashing literature, per class hash_query_per_class queries,
+    # hash_train_per_class training and hash_val_per_class validation items, the rest the
+    # database (datasets with their own query/database splits keep them)
+    protocol: str = "retrieval"
+    hash_query_per_class: int = 100
+    hash_train_per_class: int = 500
+    hash_val_per_class: int = 0
 
     def __post_init__(self) -> None:
         require(self.eval_per_source >= 1, "data.eval_per_source", ">= 1", self.eval_per_source)
@@ -56,6 +64,12 @@ class DataConfig:
         require(0 < self.crop_scale <= 1, "data.crop_scale", "in (0, 1]", self.crop_scale)
         require(0.0 <= self.val_classes < 1.0, "data.val_classes", "in [0, 1)", self.val_classes)
         require(self.val_per_class >= 0, "data.val_per_class", ">= 0", self.val_per_class)
+        protocols = ("retrieval", "hashing")
+        require(self.protocol in protocols, "data.protocol", "retrieval or hashing", self.protocol)
+        q, t, v = self.hash_query_per_class, self.hash_train_per_class, self.hash_val_per_class
+        require(q >= 1, "data.hash_query_per_class", ">= 1", q)
+        require(t >= 1, "data.hash_train_per_class", ">= 1", t)
+        require(v >= 0, "data.hash_val_per_class", ">= 0", v)
 
 
 @dataclass

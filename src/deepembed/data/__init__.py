@@ -39,7 +39,7 @@ from deepembed.data.sources.folder import open_csv, open_folder
 from deepembed.data.sources.inshop import open_inshop
 from deepembed.data.sources.mnist_family import SINGLE_SOURCES, SOURCES, open_class_disjoint
 from deepembed.data.sources.sop import open_sop
-from deepembed.data.splits import validation_split
+from deepembed.data.splits import hashing_split, per_class_holdout, validation_split
 from deepembed.data.transforms import PRESETS, build_transforms
 from deepembed.errors import DataError
 
@@ -138,6 +138,8 @@ __all__ = [
     "build_transforms",
     "collate",
     "eval_splits",
+    "hashing_split",
     "open",
+    "per_class_holdout",
     "validation_split",
 ]

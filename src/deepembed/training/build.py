@@ -18,7 +18,8 @@ from deepembed import data, losses
 from deepembed.config import RunConfig
 from deepembed.data.adapt import Loading, for_model
 from deepembed.data.preprocess import Preprocess
-from deepembed.errors import ConfigError, UserError
+from deepembed.data.splits import per_class_holdout
+from deepembed.errors import ConfigError, DataError, UserError
 from deepembed.evaluation import parse_metrics
 from deepembed.evaluation.knn import KNN_DISTANCES
 from deepembed.models.backbones import BACKBONES
@@ -140,10 +141,43 @@ def open_split(config: RunConfig, split: str) -> data.Dataset:
     )
 
 
+def open_hashing_splits(config: RunConfig) -> Splits:
+    """data.protocol=hashing: the dataset's own train/query/database splits where it has
+    them (cifar*_hash*, a CSV whose split column says train/query/database), else the
+    seen-class protocol drawn from all its items (`data.splits.hashing_split`)."""
+    d, seed = config.data, config.train.seed
+    if data.eval_splits(d.name) == ("query", "database") or _has_split(config, "database"):
+        train, query, database = (open_split(config, s) for s in ("train", "query", "database"))
+        val = None
+        if d.hash_val_per_class:
+            train, val = per_class_holdout(train, d.hash_val_per_class, seed)
+        return Splits(train, val, query, database)
+    parts = data.hashing_split(
+        open_split(config, "all"),
+        d.hash_query_per_class,
+        d.hash_train_per_class,
+        d.hash_val_per_class,
+        seed,
+    )
+    val = parts["val"] if d.hash_val_per_class else None
+    return Splits(parts["train"], val, parts["query"], parts["database"])
+
+
+def _has_split(config: RunConfig, split: str) -> bool:
+    """Whether the configured dataset has a split of that name (a CSV's split column)."""
+    try:
+        open_split(config, split)
+    except DataError:
+        return False
+    return True
+
+
 def open_splits(config: RunConfig) -> Splits:
     """The run's datasets as stored. Validation classes are carved from the training classes
     (data.val_classes > 0), so checkpoints are chosen without ever seeing the test classes."""
     d = config.data
+    if d.protocol == "hashing":
+        return open_hashing_splits(config)
     train_set = open_split(config, "train")
     val_set = None
     if d.val_classes > 0:

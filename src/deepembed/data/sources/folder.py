@@ -107,7 +107,7 @@ def open_csv(root: str, split: str, options: FileOptions) -> ImageFileDataset:
     """Rows path,label[,split] of a CSV file; see the module docstring."""
     path, rows = read_csv(root)
     if rows and len(rows[0]) == 3:
-        chosen = [r for r in rows if r[2] == split]
+        chosen = rows if split == "all" else [r for r in rows if r[2] == split]
         if not chosen:
             known = ", ".join(csv_splits(root))
             raise DataError(f"{path}: no rows of split {split!r}; found {known}")

@@ -214,15 +214,18 @@ def open_class_disjoint(
 
     Labels are offset by 10 per source (mnist30: 30 classes). The test split is a seeded
     sample of `eval_per_source` images of classes 5-9 per source (all of them where a
-    source has fewer), so figures are comparable across runs.
+    source has fewer), so figures are comparable across runs. Split "all" is every image of
+    every class (the pool the hashing protocol divides).
     """
-    if split not in ("train", "test"):
-        raise DataError(f"unknown split {split!r} for {'+'.join(sources)}; known: train, test")
+    if split not in ("train", "test", "all"):
+        raise DataError(f"unknown split {split!r} for {'+'.join(sources)}; known: train, test, all")
     rng = np.random.default_rng(seed)
     all_images, all_labels, names = [], [], {}
     for s, source in enumerate(sources):
         images, labels = LOADERS[source](root)
-        keep_classes = TRAIN_CLASSES if split == "train" else TEST_CLASSES
+        keep_classes = {"train": TRAIN_CLASSES, "test": TEST_CLASSES}.get(
+            split, (*TRAIN_CLASSES, *TEST_CLASSES)
+        )
         rows = np.flatnonzero(np.isin(labels, list(keep_classes)))
         if split == "test" and len(rows) > eval_per_source:
             rows = np.sort(rng.choice(rows, eval_per_source, replace=False))
