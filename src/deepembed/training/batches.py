@@ -26,7 +26,11 @@ def batch_key(seed: int, epoch: int, step: int) -> int:
 
 
 class EpochBatches(Sampler[tuple[int, list[int]]]):
-    """One epoch of a P x K sampler as (key, indices) pairs, from step `start` to `stop`."""
+    """One epoch of a P x K sampler as (key, indices) pairs, from step `start` to `stop`.
+
+    A rank's step s is batch s * world_size + rank of the epoch's plan (samplers.py): that
+    index is the key, so the ranks of a distributed run draw different augmentations.
+    """
 
     def __init__(self, sampler: Any, seed: int, epoch: int, start: int, stop: int) -> None:
         self.sampler, self.seed, self.epoch = sampler, seed, epoch
@@ -34,11 +38,13 @@ class EpochBatches(Sampler[tuple[int, list[int]]]):
 
     def __iter__(self) -> Iterator[tuple[int, list[int]]]:
         self.sampler.set_epoch(self.epoch)
+        world = getattr(self.sampler, "world_size", 1)
+        rank = getattr(self.sampler, "rank", 0)
         for step, indices in enumerate(self.sampler):
             if step >= self.stop:
                 return
             if step >= self.start:
-                yield batch_key(self.seed, self.epoch, step), indices
+                yield batch_key(self.seed, self.epoch, step * world + rank), indices
 
     def __len__(self) -> int:
         return max(0, self.stop - self.start)

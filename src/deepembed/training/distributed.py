@@ -12,6 +12,7 @@ The trainer talks to a strategy only, so the same loop runs alone or under torch
 
 from __future__ import annotations
 
+import atexit
 import os
 from typing import Any
 
@@ -131,6 +132,9 @@ class DistributedStrategy(Strategy):
         if not dist.is_initialized():
             # env:// reads RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT (set by torchrun)
             dist.init_process_group("nccl" if kind == "cuda" else "gloo")
+            # left at exit rather than after each run: a group destroyed and initialised
+            # again in one process fails now and then (gloo reads a stale peer address)
+            atexit.register(self.shutdown)
         super().__init__(device)
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
         self.local_rank = local_rank
@@ -216,7 +220,8 @@ class DistributedStrategy(Strategy):
         dist.barrier(device_ids=[self.local_rank] if self.device.type == "cuda" else None)
 
     def shutdown(self) -> None:
-        """Destroy the default process group (once)."""
+        """Destroy the default process group (once; also done at exit when this strategy
+        initialised it)."""
         if dist.is_initialized():
             dist.destroy_process_group()
 
@@ -257,6 +262,12 @@ def strategy_from_env(device: str = "auto") -> Strategy:
     if world_size > 1:
         return DistributedStrategy(device)
     return Strategy(resolve_device(device))
+
+
+def is_main_process() -> bool:
+    """Whether this process prints (rank 0 under torchrun, or not under torchrun), from the
+    environment alone: also for messages before or without a process group."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 def check_world_size(batches_per_epoch: int, world_size: int) -> None:

@@ -119,7 +119,9 @@ class MetricObjective(nn.Module):
 
     def training_loss(self, trainer: Any, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         images, labels = batch
-        embeddings = trainer.encode(images).float()  # (B, D): the loss runs in float32
+        embeddings = trainer.encode(images)  # (B, D)
+        if embeddings.dtype in (torch.float16, torch.bfloat16):
+            embeddings = embeddings.float()  # autocast output: the loss runs in float32
         labels = torch.searchsorted(self.class_index, labels.to(embeddings.device))  # (B,)
         strategy = trainer.strategy
         embeddings, labels = strategy.gather(embeddings), strategy.gather(labels)  # (N*B, ...)

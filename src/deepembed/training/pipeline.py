@@ -174,7 +174,7 @@ def train(
     checkpoint = None
     if resume:
         checkpoint, path, notes = load_checkpoint(resume_dir(run_dir))
-        for note in notes:
+        for note in notes if strategy.is_main else []:
             tqdm.write(note)
         if strategy.is_main and progress:
             tqdm.write(f"resuming {run_dir} from {path.name}")
@@ -183,6 +183,7 @@ def train(
     if config.train.threads > 0:
         torch.set_num_threads(config.train.threads)
     ready = prepare(config, strategy)
+    strategy.barrier()  # every rank has checked the run directory before rank 0 writes one
     if not resume and strategy.is_main:
         shutil.rmtree(stage, ignore_errors=True)  # --overwrite of an interrupted run
     if strategy.is_main:
@@ -212,7 +213,9 @@ def _adapt(ready: Prepared, config: RunConfig, stage: Path, progress: bool) -> P
     start = time.perf_counter()
     if not strategy.is_main:
         strategy.barrier()
-    splits = adapt_splits(ready.splits, ready.model.preprocessing, config, progress)
+    splits = adapt_splits(
+        ready.splits, ready.model.preprocessing, config, progress and strategy.is_main
+    )
     if strategy.is_main:
         strategy.barrier()
     # unreadable files may have been dropped while caching: sample what is left
@@ -225,25 +228,33 @@ def _adapt(ready: Prepared, config: RunConfig, stage: Path, progress: bool) -> P
 
 
 def frozen_bank(
-    config: RunConfig, model: Embedder, train_set: Any, run_dir: Path, progress: bool
+    config: RunConfig,
+    model: Embedder,
+    train_set: Any,
+    run_dir: Path,
+    progress: bool,
+    main: bool = True,
 ) -> tuple[int, FeatureBank | None]:
     """(stage, bank) when train.frozen_views asks for one and the model allows it, else
-    (0, None): the frozen first stages are then recomputed every step."""
+    (0, None): the frozen first stages are then recomputed every step. Only `main` (rank 0)
+    says why not; every rank builds its own bank."""
     stage, views = config.model.freeze_stages, config.train.frozen_views
     if views <= 0 or stage <= 0:
         return 0, None
     if not model.backbone.splittable:
-        tqdm.write(
-            f"train.frozen_views: {config.model.backbone} cannot be split between stages; "
-            "its frozen stages are recomputed each step"
-        )
+        if main:
+            tqdm.write(
+                f"train.frozen_views: {config.model.backbone} cannot be split between "
+                "stages; its frozen stages are recomputed each step"
+            )
         return 0, None
     size = bank_bytes(model, stage, len(train_set), views)
     if size > config.data.max_cache_gb * 2**30:
-        tqdm.write(
-            f"train.frozen_views: the bank would take {size / 2**30:.1f} GB > data.max_cache_gb; "
-            "frozen stages are recomputed each step"
-        )
+        if main:
+            tqdm.write(
+                f"train.frozen_views: the bank would take {size / 2**30:.1f} GB > "
+                "data.max_cache_gb; frozen stages are recomputed each step"
+            )
         return 0, None
     bank = build_bank(
         model,
@@ -271,7 +282,7 @@ def _run(
     splits, model, strategy, timings = ready.splits, ready.model, ready.strategy, ready.timings
     show = progress and strategy.is_main
     bank_start = time.perf_counter()
-    frozen_at, bank = frozen_bank(config, model, splits.train, stage, show)
+    frozen_at, bank = frozen_bank(config, model, splits.train, stage, show, strategy.is_main)
     timings["frozen_bank_s"] = time.perf_counter() - bank_start
     optimizer = make_optimizer(config, model, ready.objective)
     steps = len(ready.sampler) if config.train.max_steps <= 0 else config.train.max_steps

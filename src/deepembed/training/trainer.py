@@ -155,7 +155,10 @@ class Trainer:
             self.record.update(
                 epoch=self.epoch + 1,
                 loss=float(self._loss_sum) / max(1, self.steps_per_epoch),
-                train_images_per_s=self._seen / max(self.train_seconds_epoch, 1e-9),
+                # every rank trains on equal P x K batches: the run's images per second
+                train_images_per_s=self._seen
+                * self.strategy.world_size
+                / max(self.train_seconds_epoch, 1e-9),
                 lr=self.optimizer.param_groups[0]["lr"],
             )
             self._emit("on_epoch_end")
