@@ -38,6 +38,15 @@ TAKES: dict[str, tuple[type, ...]] = {
     "arcface": (),
     "sphereface": (),
     "subcenter_arcface": (),
+    # deep hashing (losses on relaxed codes)
+    "dsh": (P,),
+    "dpsh": (P,),
+    "hashnet": (P,),
+    "dch": (P,),
+    "dtsh": (T,),
+    "csq": (),
+    "greedy_hash": (),
+    "orthohash": (),
 }
 GIVES: dict[str, type] = {
     "multi_similarity": P,
@@ -57,6 +66,10 @@ MEMORY = {
     "lifted_structure",
     "generalized_lifted_structure",
     "nca",
+    "dsh",
+    "dpsh",
+    "hashnet",
+    "dch",
 }
 
 

@@ -5,7 +5,16 @@ Each family module registers its losses in LOSSES on import.
 
 from __future__ import annotations
 
-from deepembed.losses import listwise, margin_softmax, pair, proxy, triplet, xbm  # noqa: F401
+from deepembed.losses import (  # noqa: F401
+    hashing_classwise,
+    hashing_pairwise,
+    listwise,
+    margin_softmax,
+    pair,
+    proxy,
+    triplet,
+    xbm,
+)
 from deepembed.losses.base import LOSSES, ClassLoss, MetricLoss
 from deepembed.losses.pair import MultiSimilarityLoss
 from deepembed.losses.triplet import TripletMarginLoss
