@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import gzip
 import pickle
+import shutil
 import struct
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +37,7 @@ from tests.data.conftest import (  # noqa: F401  (fixtures, requested by name be
     sop_root,
     write_image,
 )
+from tests.index.conftest import write_legacy_index
 
 Make = Callable[[Path, pytest.FixtureRequest], tuple[Path, Path]]
 
@@ -64,6 +67,20 @@ def _embeddings(tmp: Path) -> Path:
 
 def _index(tmp: Path) -> Path:
     return index_lib.build(Embeddings.load(_embeddings(tmp))).save(tmp / "index")
+
+
+def _legacy_index(tmp: Path) -> Path:
+    """A directory of the first index format (its index.faiss holds the only vectors)."""
+    vectors = np.random.default_rng(0).normal(size=(12, 4)).astype(np.float32)
+    return write_legacy_index(tmp / "legacy", vectors, np.arange(12), np.arange(12) % 3)
+
+
+def _open_copy(path: Path) -> object:
+    """Open a copy of an index directory: reading a first-format one converts it in place.
+    (Damage to a current one's index.faiss or meta.json is rebuilt: tests/index.)"""
+    copy = Path(tempfile.mkdtemp(dir=path.parent)) / path.name
+    shutil.copytree(path, copy)
+    return index_lib.open(copy)
 
 
 def _model(tmp: Path) -> Path:
@@ -184,9 +201,10 @@ def dataset(name: str, split: str = "train") -> Callable[[Path], object]:
 
 READERS = [
     Reader("embeddings", file(_embeddings), Embeddings.load),
-    Reader("index-meta", file(_index, "meta.json"), index_lib.open),
-    Reader("index-faiss", file(_index, "index.faiss"), index_lib.open),
-    Reader("index-items", file(_index, "items.npz"), index_lib.open),
+    Reader("index-catalogue", file(_index, "catalogue.sqlite"), index_lib.open),
+    Reader("legacy-index-meta", file(_legacy_index, "meta.json"), _open_copy),
+    Reader("legacy-index-faiss", file(_legacy_index, "index.faiss"), _open_copy),
+    Reader("legacy-index-items", file(_legacy_index, "items.npz"), _open_copy),
     Reader("model-config", file(_model, "config.json"), Embedder.load),
     Reader("model-weights", file(_model, "model.safetensors"), Embedder.load),
     Reader("yaml-config", file(_config), load_config),
@@ -318,5 +336,5 @@ def test_cli_evaluate_truncated_embeddings(tmp_path: Path) -> None:
 
 def test_cli_search_damaged_index(tmp_path: Path) -> None:
     path = _index(tmp_path)
-    garbage(path / "index.faiss")
-    assert "index.faiss" in _cli_error(["search", str(path), "--id", "0"])
+    garbage(path / "catalogue.sqlite")
+    assert "catalogue.sqlite" in _cli_error(["search", str(path), "--id", "0"])

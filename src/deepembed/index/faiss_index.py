@@ -1,129 +1,407 @@
-"""Exact faiss index (inner product on normalised vectors for cosine, L2 for euclidean).
+"""FaissIndex: the Index protocol on faiss, every change recorded in a Catalogue first.
 
-Saved as a directory: index.faiss, items.npz (ids, labels) and meta.json.
+Add and remove validate everything, commit to the catalogue, then change the faiss
+structure: a refused call changes nothing, an acknowledged one is on disk. Types that cannot
+remove (HNSW, refine, BHNSW, BHash) keep tombstones: a per-position `live` mask applied at
+search by an IDSelector (BHash, which takes no selector: over-fetch and drop), dropped when
+the structure is rebuilt from the catalogue (`compact`).
 """
 
 from __future__ import annotations
 
-import json
+import logging
 from pathlib import Path
+from typing import Any
 
-import faiss
 import numpy as np
 
-from deepembed.errors import DataError, ModelFormatError
-from deepembed.io import atomic_dir, load_npz, reading
+from deepembed.errors import DataError
+from deepembed.index import checks
+from deepembed.index import faiss_parts as fp
+from deepembed.index.base import Item
+from deepembed.index.catalogue import Catalogue
+from deepembed.index.specs import Spec, check_params, default_params, padded_bytes, parse_spec
 
-FORMAT_VERSION = 1
-METRICS = ("cosine", "euclidean")
+log = logging.getLogger(__name__)
 
 
-class FlatIndex:
-    """Exact search over float vectors; `labels` of items are kept for display."""
+class StaleSnapshotError(Exception):
+    """An index file that does not reflect the catalogue; the message says how."""
 
-    def __init__(self, dim: int, metric: str = "cosine") -> None:
-        if metric not in METRICS:
-            raise DataError(f"unknown index metric {metric!r}; known: {', '.join(METRICS)}")
-        if dim < 1:
-            raise DataError(f"index dimension must be positive, got {dim}")
-        self.dim, self.metric = dim, metric
-        flat = faiss.IndexFlatIP(dim) if metric == "cosine" else faiss.IndexFlatL2(dim)
-        self.faiss = faiss.IndexIDMap2(flat)
-        self.labels: dict[int, int] = {}
-        self.class_names: dict[int, str] = {}
 
-    def __len__(self) -> int:
-        return int(self.faiss.ntotal)
+class FaissIndex:
+    """A faiss index over a catalogue; `path` is its directory (None: in memory until saved)."""
 
-    def _prepare(self, vectors: np.ndarray) -> np.ndarray:
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        if vectors.ndim != 2 or vectors.shape[1] != self.dim:
-            raise DataError(f"vectors must be (n, {self.dim}), got shape {vectors.shape}")
-        if not np.isfinite(vectors).all():
-            raise DataError("vectors contain NaN or infinite values")
-        if self.metric == "cosine":
-            vectors = vectors.copy()
-            faiss.normalize_L2(vectors)
-        return vectors
-
-    def add(self, vectors: np.ndarray, ids: np.ndarray, labels: np.ndarray | None = None) -> None:
-        """Add vectors (n, dim) under int64 ids (n,); ids already present are an error."""
-        vectors = self._prepare(vectors)
-        ids = np.asarray(ids, dtype=np.int64)
-        if ids.shape != (len(vectors),):
-            raise DataError(f"{len(vectors)} vectors but ids of shape {ids.shape}")
-        dup = set(ids.tolist()) & set(self.labels) if self.labels else set()
-        if dup or len(np.unique(ids)) != len(ids):
-            raise DataError(f"duplicate ids, e.g. {sorted(dup)[:3] or 'within the batch'}")
-        self.faiss.add_with_ids(vectors, ids)
-        labels = np.full(len(ids), -1) if labels is None else np.asarray(labels)
-        self.labels.update(zip(ids.tolist(), labels.tolist(), strict=True))
-
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(distances, ids), each (q, k'), nearest first, k' = min(k, len(self))."""
-        if len(self) == 0:
-            raise DataError("the index is empty: nothing to search")
-        k = min(k, len(self))
-        scores, ids = self.faiss.search(self._prepare(queries), k)
-        if self.metric == "cosine":
-            return 1.0 - scores, ids
-        return np.sqrt(np.maximum(scores, 0.0)), ids
-
-    def vector(self, item_id: int) -> np.ndarray:
-        """The stored (normalised, for cosine) vector of an item."""
-        if item_id not in self.labels:
-            raise DataError(f"no item with id {item_id} in the index")
-        return self.faiss.reconstruct(int(item_id))
-
-    def save(self, path: str | Path) -> Path:
-        """Write the index directory atomically (temp dir, then rename)."""
-        path = Path(path)
-        with atomic_dir(path) as tmp:
-            faiss.write_index(self.faiss, str(tmp / "index.faiss"))
-            ids = np.fromiter(self.labels.keys(), np.int64, len(self.labels))
-            labels = np.fromiter(self.labels.values(), np.int64, len(self.labels))
-            np.savez(tmp / "items.npz", ids=ids, labels=labels)
-            meta = {
-                "format_version": FORMAT_VERSION,
-                "kind": "flat",
-                "metric": self.metric,
-                "dim": self.dim,
-                "count": len(self),
-                "class_names": {str(k): v for k, v in self.class_names.items()},
-            }
-            (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-        return path
+    def __init__(self, catalogue: Catalogue, path: Path | None = None) -> None:
+        self.catalogue, self.path = catalogue, path
+        self.dim: int = int(catalogue.get("dim"))
+        self.metric: str = catalogue.get("metric")
+        self._spec: Spec = parse_spec(catalogue.get("spec"))
+        self.binary = self._spec.binary
+        self.code_bytes = self.dim // 8 if self.binary else 0
+        stored = check_params(self._spec, catalogue.get("params", {}))
+        self._params = {**default_params(self._spec), **stored}
+        self._structure: fp.Structure = self._fresh()
+        self._live: np.ndarray | None = np.zeros(0, bool) if self._tombstones else None
+        self._seq = 0  # the catalogue change this structure reflects
+        self.snapshot_seq: int | None = None  # the change the file on disk reflects
+        self._lookup: tuple[np.ndarray, np.ndarray] | None = None  # sorted ids, positions
+        self._live_sel: Any = None
 
     @classmethod
-    def load(cls, path: str | Path) -> FlatIndex:
-        """Open an index directory written by `save`; damage is one line naming the file."""
-        path = Path(path)
-        if not path.is_dir():
-            raise ModelFormatError(f"{path}: index directory not found")
-        files = meta_file, faiss_file, items_file = [
-            path / n for n in ("meta.json", "index.faiss", "items.npz")
-        ]
-        for f in files:
-            if not f.is_file():
-                raise ModelFormatError(f"index directory {path} is incomplete: no {f.name}")
-        with reading(
-            meta_file, "an index meta.json", ModelFormatError, (AttributeError, TypeError)
-        ):
-            meta = json.loads(meta_file.read_text())
-            if meta.get("format_version") != FORMAT_VERSION:
-                raise ModelFormatError(
-                    f"index {path} has format_version {meta.get('format_version')}; "
-                    f"this deepembed reads {FORMAT_VERSION}"
+    def create(cls, dim: int, metric: str, spec: str, path: Path | None = None) -> FaissIndex:
+        """A new empty index; with `path` its catalogue is created there at once."""
+        parsed = parse_spec(spec)
+        checks.check_spec(parsed, dim, metric)
+        settings = {"format_version": 2, "kind": "faiss", "spec": parsed.text, "metric": metric}
+        settings |= {"dim": dim, "params": {}, "class_names": {}}
+        if path is not None:
+            path.mkdir(parents=True, exist_ok=True)
+        catalogue = Catalogue.create(None if path is None else path / "catalogue.sqlite", settings)
+        return cls(catalogue, path)
+
+    # -- properties ----------------------------------------------------------------------
+    @property
+    def spec(self) -> str:
+        return self._spec.text
+
+    @property
+    def _tombstones(self) -> bool:
+        return not self._spec.removes
+
+    @property
+    def params(self) -> dict[str, int | float]:
+        return dict(self._params)
+
+    @property
+    def is_trained(self) -> bool:
+        return bool(self._structure.is_trained)
+
+    @property
+    def class_names(self) -> dict[int, str]:
+        return {int(k): v for k, v in self.catalogue.get("class_names", {}).items()}
+
+    @class_names.setter
+    def class_names(self, names: dict[int, str]) -> None:
+        self.catalogue.set(class_names={str(k): str(v) for k, v in names.items()})
+
+    @property
+    def dead(self) -> int:
+        """Tombstoned vectors still in the structure."""
+        return 0 if self._live is None else int(len(self._live) - self._live.sum())
+
+    def __len__(self) -> int:
+        return int(self._structure.ntotal) - self.dead
+
+    def __repr__(self) -> str:
+        where = self.path or "memory"
+        return f"FaissIndex({self.spec}, {self.metric}, dim={self.dim}, n={len(self)}, {where})"
+
+    # -- structure -----------------------------------------------------------------------
+    def _fresh(self) -> fp.Structure:
+        """An empty structure: the trained template when the spec needs training."""
+        template = self.catalogue.template()
+        if template is not None:
+            return fp.deserialize(template, self.binary)
+        return fp.new_structure(self._spec, self.dim, self.metric)
+
+    def _changed(self) -> None:
+        self._lookup, self._live_sel = None, None
+
+    def _insert(self, x: np.ndarray, ids: np.ndarray) -> None:
+        """Add prepared rows to the structure (already in the catalogue)."""
+        self._structure.add_with_ids(x, ids)
+        if self._live is not None:
+            self._live = np.concatenate([self._live, np.ones(len(ids), bool)])
+        self._changed()
+
+    def _delete(self, ids: np.ndarray) -> None:
+        """Remove ids from the structure (already out of the catalogue)."""
+        if self._live is None:
+            self._structure.remove_ids(fp.batch_selector(ids))
+        else:
+            self._live[self._positions(ids)] = False
+        self._changed()
+
+    def _positions(self, ids: np.ndarray) -> np.ndarray:
+        """Live positions (in the IDMap) of those of `ids` that are stored."""
+        if self._lookup is None:
+            view = fp.id_view(self._structure)
+            pos = np.arange(len(view)) if self._live is None else np.flatnonzero(self._live)
+            order = np.argsort(view[pos], kind="stable")
+            self._lookup = view[pos][order], pos[order]
+        sorted_ids, pos = self._lookup
+        at = np.minimum(np.searchsorted(sorted_ids, ids), max(len(sorted_ids) - 1, 0))
+        found = sorted_ids[at] == ids if len(sorted_ids) else np.zeros(len(ids), bool)
+        return pos[at[found]]
+
+    def _stored(self, blobs: list[bytes]) -> np.ndarray:
+        """Catalogue blobs -> prepared rows (unit vectors for cosine, padded codes)."""
+        if self.binary:
+            codes = np.frombuffer(b"".join(blobs), np.uint8).reshape(-1, self.code_bytes)
+            return checks.pad(codes)
+        return checks.prepare_floats(
+            np.frombuffer(b"".join(blobs), np.float32).reshape(-1, self.dim), self.metric
+        )
+
+    def rebuild(self, reason: str = "") -> None:
+        """A new structure from the catalogue (tombstones dropped); warns with `reason`."""
+        if reason:
+            log.warning(
+                "%s: %s; rebuilding it from the catalogue (%d items)",
+                self.path or "index",
+                reason,
+                len(self.catalogue),
+            )
+        self._structure = self._fresh()
+        self._live = np.zeros(0, bool) if self._tombstones else None
+        self._changed()
+        for ids, blobs in self.catalogue.scan():
+            self._insert(self._stored(blobs), ids)
+        self._seq = self.catalogue.last_seq
+
+    def compact(self) -> None:
+        """Drop tombstones by rebuilding the structure from the catalogue."""
+        if self.dead:
+            self.rebuild()
+
+    def attach(self, structure: fp.Structure, seq: int) -> None:
+        """Take a snapshot structure reflecting catalogue change `seq`, then replay the
+        changes after it; StaleSnapshotError when it does not match the catalogue."""
+        at_seq = np.union1d(self.catalogue.ids(up_to=seq), self.catalogue.removed_since(seq))
+        live = None
+        if self._spec.native_ids:
+            if structure.ntotal != len(at_seq):
+                raise StaleSnapshotError(
+                    f"index.faiss holds {structure.ntotal} vectors, the catalogue had "
+                    f"{len(at_seq)} at change {seq}"
                 )
-            index = cls(int(meta["dim"]), meta["metric"])
-            index.class_names = {int(k): v for k, v in meta.get("class_names", {}).items()}
-        with reading(faiss_file, "a faiss index file", ModelFormatError, (RuntimeError,)):
-            index.faiss = faiss.read_index(str(faiss_file))
-        with (
-            reading(items_file, "an index items .npz file", ModelFormatError),
-            load_npz(items_file) as items,
-        ):
-            index.labels = dict(zip(items["ids"].tolist(), items["labels"].tolist(), strict=True))
-        if index.faiss.ntotal != len(index.labels) or index.faiss.d != index.dim:
-            raise ModelFormatError(f"index {path} is inconsistent (count or dimension)")
-        return index
+        else:
+            view = fp.id_view(structure)
+            live = fp.last_occurrences(view) & np.isin(view, at_seq)
+            if live.sum() != len(at_seq) or (self._spec.removes and not live.all()):
+                raise StaleSnapshotError(
+                    f"index.faiss does not hold the catalogue's items at change {seq}"
+                )
+        self._structure, self._live = structure, live if self._tombstones else None
+        self._changed()
+        gone = self.catalogue.removed_since(seq)
+        if len(gone):
+            self._delete(gone)
+        for ids, blobs in self.catalogue.scan(after=seq):
+            self._insert(self._stored(blobs), ids)
+        self._seq, self.snapshot_seq = self.catalogue.last_seq, seq
+        if len(self) != len(self.catalogue):
+            raise StaleSnapshotError("the replayed index does not match the catalogue's item count")
+
+    def serialize(self) -> tuple[bytes, int]:
+        """(the structure's bytes, the catalogue change it reflects)."""
+        return fp.serialize(self._structure, self.binary), self._seq
+
+    # -- the protocol --------------------------------------------------------------------
+    def train(self, vectors: np.ndarray) -> None:
+        """Train the spec's quantizers (IVF lists, PQ codebooks, OPQ); no-op when none."""
+        if not self._spec.needs_training:
+            return
+        x, _ = checks.vectors(self, vectors)
+        if len(self):
+            raise DataError(
+                f"the index already holds {len(self)} items: build a new one to retrain"
+            )
+        need = self._spec.min_training()
+        if len(x) < need:
+            what = f"{self._spec.nlist} lists" + (
+                " and 256 per PQ codebook" if self._spec.pq_m else ""
+            )
+            raise DataError(
+                f"training {self.spec} needs at least {need} vectors ({what}), got {len(x)}"
+            )
+        structure = fp.new_structure(self._spec, self.dim, self.metric)
+        structure.train(x)
+        self.catalogue.set_template(fp.serialize(structure, self.binary))
+        self._structure = structure
+        self._changed()
+
+    def add(
+        self,
+        vectors: np.ndarray,
+        ids: np.ndarray,
+        labels: np.ndarray | None = None,
+        metadata: list[dict[str, Any] | None] | None = None,
+        sources: list[str | None] | None = None,
+    ) -> None:
+        """Add items; committed to the catalogue before this returns."""
+        x, originals = checks.vectors(self, vectors)
+        n = len(x)
+        item_ids = checks.ids(ids, n)
+        item_labels = checks.labels(labels, n)
+        item_meta = checks.metadata(metadata, n)
+        item_sources = checks.sources(sources, n)
+        if n == 0:
+            return
+        if not self.is_trained:
+            raise DataError(
+                f"index {self.spec} is not trained: call train(vectors) first "
+                f"(at least {self._spec.min_training()} vectors)"
+            )
+        blobs = [row.tobytes() for row in originals]
+        self._seq = self.catalogue.add(item_ids, item_labels, item_sources, item_meta, blobs)
+        try:
+            self._insert(x, item_ids)
+        except Exception:
+            self.rebuild("the faiss add failed")  # the catalogue has the items: resync
+            raise
+
+    def remove(self, ids: np.ndarray | list[int]) -> None:
+        """Remove items by id; an unknown id refuses the whole call."""
+        item_ids = np.unique(checks.ids(ids, None))
+        if len(item_ids) == 0:
+            return
+        self._seq = self.catalogue.remove(item_ids)
+        self._delete(item_ids)
+
+    def search(
+        self,
+        queries: np.ndarray,
+        k: int,
+        filters: dict[str, Any] | None = None,
+        params: dict[str, Any] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(distances, ids), each (q, k), nearest first; see `deepembed.index.base`."""
+        x, _ = checks.vectors(self, queries, "queries")
+        k = checks.k(k)
+        merged = {**self._params, **check_params(self._spec, params or {})}
+        subset = None if not filters else self.catalogue.filter_ids(filters)
+        if self.binary:
+            raw, ids = self._search(x, k, merged, subset)
+        else:
+            with fp.blas_rule(self.dim):
+                raw, ids = self._search(x, k, merged, subset)
+        return fp.to_distances(raw, ids, self.metric), ids
+
+    def _search(
+        self, x: np.ndarray, k: int, params: dict[str, Any], subset: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(raw faiss distances, ids) of prepared queries, within `subset` ids when given."""
+        structure, spec = self._structure, self._spec
+        if len(self) == 0 or (subset is not None and len(subset) == 0):
+            return np.zeros((len(x), k), np.float32), np.full((len(x), k), -1, np.int64)
+        if subset is not None and not spec.selects:
+            return self._exact(x, k, subset)  # BIVF / BHash: no selector in faiss
+        if spec.native_ids:
+            sel = None if subset is None else fp.batch_selector(subset)
+            raw, ids = structure.search(x, k, params=fp.search_params(spec, params, sel))
+        elif subset is None and not self.dead:
+            raw, ids = structure.search(x, k, params=fp.search_params(spec, params))
+        elif subset is None and spec.family == "hash":
+            raw, ids = self._overfetch(x, k)
+        else:
+            sel = self._live_selector() if subset is None else self._subset_selector(subset)
+            raw, pos = structure.index.search(x, k, params=fp.search_params(spec, params, sel))
+            ids = np.where(pos >= 0, fp.id_view(structure)[np.maximum(pos, 0)], -1)
+        if subset is not None:  # an approximate search may come back short: exact for those
+            short = (ids >= 0).sum(1) < min(k, len(subset))
+            if short.any():
+                raw[short], ids[short] = self._exact(x[short], k, subset)
+        return raw, ids
+
+    def _subset_selector(self, subset: np.ndarray) -> Any:
+        positions = self._positions(subset)
+        if self._spec.family == "flat" and not self.binary:
+            return fp.array_selector(positions)
+        return fp.batch_selector(positions)
+
+    def _live_selector(self) -> Any:
+        if self._live_sel is None:
+            self._live_sel = fp.bitmap_selector(self._live)
+        return self._live_sel
+
+    def _overfetch(self, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Search k + dead positions and keep the first k live ones (BHash has no selector)."""
+        assert self._live is not None
+        fetch = min(k + self.dead, int(self._structure.ntotal))
+        raw, pos = self._structure.index.search(x, fetch)
+        keep = (pos >= 0) & self._live[np.maximum(pos, 0)]
+        order = np.argsort(~keep, axis=1, kind="stable")[:, :k]  # live first, in rank order
+        raw, pos, keep = (np.take_along_axis(a, order, 1) for a in (raw, pos, keep))
+        ids = np.where(keep, fp.id_view(self._structure)[np.maximum(pos, 0)], -1)
+        if ids.shape[1] < k:
+            pad = k - ids.shape[1]
+            raw = np.pad(raw, ((0, 0), (0, pad)))
+            ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=-1)
+        return raw, ids
+
+    def _exact(self, x: np.ndarray, k: int, subset: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Brute force over the catalogue's vectors of `subset`."""
+        base = self._stored(self.catalogue.vectors(subset))
+        return fp.exact_search(base, subset, x, k, self.metric)
+
+    def get(self, ids: np.ndarray | list[int]) -> list[Item]:
+        """The items of `ids`, in order, with their vectors; an unknown id is an error."""
+        wanted = np.asarray(ids, np.int64).ravel()
+        rows = self.catalogue.rows(wanted, vectors=True)
+        items = []
+        for i in wanted.tolist():
+            if i not in rows:
+                raise DataError(f"no item with id {i} in the index")
+            label, source, meta, blob = rows[i]
+            dtype = np.uint8 if self.binary else np.float32
+            items.append(Item(i, label, source, meta, np.frombuffer(blob, dtype).copy()))
+        return items
+
+    def set_params(self, **params: Any) -> None:
+        """Set search parameters for every later search; persisted in the catalogue."""
+        checked = check_params(self._spec, params)
+        stored = {**self.catalogue.get("params", {}), **checked}
+        self.catalogue.set(params=stored)
+        self._params.update(checked)
+
+    def next_id(self) -> int:
+        return self.catalogue.next_id()
+
+    def sources(self) -> set[str]:
+        return self.catalogue.sources()
+
+    def info(self) -> dict[str, Any]:
+        """What `index info` shows: type, counts, memory, parameters, catalogue state."""
+        out: dict[str, Any] = {
+            "backend": "faiss",
+            "spec": self.spec,
+            "metric": self.metric,
+            "dim": self.dim,
+            "items": len(self),
+            "stored_vectors": int(self._structure.ntotal),
+            "tombstones": self.dead,
+            "trained": self.is_trained,
+            "params": self.params,
+            "memory_bytes": fp.memory_bytes(self._structure, self.binary),
+            "path": str(self.path) if self.path else None,
+            "snapshot_seq": self.snapshot_seq,
+            "catalogue": self.catalogue.stats(),
+        }
+        if self.binary:
+            out["code_bytes"], out["stored_code_bytes"] = (
+                self.code_bytes,
+                padded_bytes(self.code_bytes),
+            )
+        return out
+
+    def save(self, path: str | Path | None = None) -> Path:
+        """Write the index: a snapshot in its own directory, or a full copy elsewhere."""
+        from deepembed.index.storage import save
+
+        return save(self, path)
+
+    def bind(self, catalogue: Catalogue, path: Path, snapshot_seq: int) -> None:
+        """Continue on `catalogue` at `path` (an in-memory index after its first save)."""
+        self.catalogue.close()
+        self.catalogue, self.path, self.snapshot_seq = catalogue, path, snapshot_seq
+
+    def close(self) -> None:
+        self.catalogue.close()
+
+    def __enter__(self) -> FaissIndex:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
