@@ -53,6 +53,7 @@ class DataConfig:
     hash_query_per_class: int = 100
     hash_train_per_class: int = 500
     hash_val_per_class: int = 0
+    hash_database_per_class: int = 0  # > 0 caps the database per class (quick runs)
 
     def __post_init__(self) -> None:
         require(self.eval_per_source >= 1, "data.eval_per_source", ">= 1", self.eval_per_source)
@@ -70,6 +71,8 @@ class DataConfig:
         require(q >= 1, "data.hash_query_per_class", ">= 1", q)
         require(t >= 1, "data.hash_train_per_class", ">= 1", t)
         require(v >= 0, "data.hash_val_per_class", ">= 0", v)
+        cap = self.hash_database_per_class
+        require(cap >= 0, "data.hash_database_per_class", ">= 0 (0: the rest)", cap)
 
 
 @dataclass
@@ -122,6 +125,15 @@ class LossConfig:
     name: str = "multi_similarity"
     params: dict[str, Any] = field(default_factory=dict)
     memory_size: int = 0  # > 0: cross-batch memory (XBM) of this many past embeddings
+    # > 0: add weight * mean (|u| - 1)^2 to any loss on a hash head (Zhuang et al.'s triplet
+    # binary embedding), ramped up linearly over the first quantization_ramp of the steps
+    quantization_weight: float = 0.0
+    quantization_ramp: float = 0.5  # fraction of the run's steps; 0 = constant weight
+
+    def __post_init__(self) -> None:
+        w, ramp = self.quantization_weight, self.quantization_ramp
+        require(w >= 0, "loss.quantization_weight", ">= 0", w)
+        require(0 <= ramp <= 1, "loss.quantization_ramp", "in [0, 1]", ramp)
 
 
 @dataclass

@@ -10,6 +10,7 @@ import deepembed.losses
 import deepembed.miners
 from deepembed.config import load_config
 from deepembed.errors import ConfigError
+from deepembed.losses.hashing import QuantizedLoss, is_hashing
 from deepembed.miners import Pairs, Triplets
 from deepembed.training.objective import build_objective, check_objective
 from tests.losses.test_registry import accepts, make_batch
@@ -102,11 +103,43 @@ def test_losses_behave_as_declared(name: str, kind: type) -> None:
     assert accepts(name, mined) == (kind in TAKES[name])
 
 
-def config(loss: str, miner: str, memory: int = 0):
+def config(loss: str, miner: str, memory: int = 0, head: str = ""):
+    """mnist30 with `loss`, `miner` and a memory; hashing losses get a hash head."""
+    head = head or ("hash" if is_hashing(deepembed.losses.LOSSES.get(loss)) else "embedding")
     return load_config(
         "configs/mnist30.yaml",
-        [f"loss.name={loss}", f"miner.name={miner}", f"loss.memory_size={memory}"],
+        [
+            f"loss.name={loss}",
+            f"miner.name={miner}",
+            f"loss.memory_size={memory}",
+            f"model.head={head}",
+            "model.bits=8",
+        ],
     )
+
+
+@pytest.mark.parametrize("loss", ["dsh", "csq", "triplet"])
+def test_hashing_losses_and_heads_must_fit(loss: str) -> None:
+    """A hashing loss on a float head is refused, and a float metric loss on a hash head
+    unless it carries the quantization regulariser; each error names both keys."""
+    hashing = is_hashing(deepembed.losses.LOSSES.get(loss))
+    with pytest.raises(ConfigError) as error:
+        check_objective(config(loss, "", head="embedding" if hashing else "hash"))
+    assert f"loss.name={loss!r}" in str(error.value) and "model.head=" in str(error.value)
+    if not hashing:
+        quantized = load_config(
+            "configs/mnist30.yaml",
+            [
+                f"loss.name={loss}",
+                "miner.name=",
+                "model.head=hash",
+                "model.bits=16",
+                "loss.quantization_weight=0.1",
+            ],
+        )
+        check_objective(quantized)
+        loss_fn, _ = build_objective(quantized, 4, 16, total_steps=100)
+        assert isinstance(loss_fn, QuantizedLoss) and loss_fn.ramp_steps == 50
 
 
 @pytest.mark.parametrize("loss", list(TAKES))

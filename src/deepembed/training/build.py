@@ -160,7 +160,8 @@ def open_hashing_splits(config: RunConfig) -> Splits:
         seed,
     )
     val = parts["val"] if d.hash_val_per_class else None
-    return Splits(parts["train"], val, parts["query"], parts["database"])
+    database = cap_per_class(parts["database"], d.hash_database_per_class, seed)
+    return Splits(parts["train"], val, parts["query"], database)
 
 
 def _has_split(config: RunConfig, split: str) -> bool:
@@ -276,8 +277,14 @@ def check_names(config: RunConfig) -> None:
             f"eval.distance: unknown distance {config.eval.distance!r}; "
             f"known: {', '.join(KNN_DISTANCES)}"
         )
-    if config.data.val_classes > 0 and config.train.select not in config.eval.metrics:
+    if has_validation(config) and config.train.select not in config.eval.metrics:
         raise ConfigError(
             f"train.select={config.train.select!r} must be one of eval.metrics "
             f"({', '.join(config.eval.metrics)})"
         )
+
+
+def has_validation(config: RunConfig) -> bool:
+    """Whether the run holds out a validation split (classes, or hashing items per class)."""
+    d = config.data
+    return d.val_classes > 0 or (d.protocol == "hashing" and d.hash_val_per_class > 0)

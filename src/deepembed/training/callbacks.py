@@ -20,6 +20,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from deepembed.inference import Embeddings, evaluate_model
+from deepembed.losses.hashing_pairwise import hashnet_scale
 
 if TYPE_CHECKING:
     from deepembed.training.trainer import Trainer
@@ -210,3 +211,13 @@ class LRWarmup(Callback):
         # the scheduler rewrites each group's lr after every step, so this never compounds
         for group in trainer.optimizer.param_groups:
             group["lr"] *= factor
+
+
+class HashScale(Callback):
+    """HashNet's continuation: the hash head's relaxation tanh(scale * x) sharpens towards
+    sign(x) as training goes: scale = (1 + 0.005 t) ** 0.5, t the step rounded down to a
+    multiple of 200 (`hashnet_scale`, Cao et al. 2017). The scale is a buffer of the head,
+    so a checkpoint carries it."""
+
+    def on_step_start(self, trainer: Trainer) -> None:
+        trainer.model.head.scale.fill_(hashnet_scale(trainer.global_step))

@@ -17,6 +17,7 @@ from deepembed.config import RunConfig
 from deepembed.errors import ConfigError
 from deepembed.losses import MetricLoss
 from deepembed.losses.base import describe_accepts
+from deepembed.losses.hashing import QuantizedLoss, is_hashing
 from deepembed.losses.xbm import CrossBatchMemory, supports_memory
 from deepembed.miners import Miner, Pairs
 
@@ -47,6 +48,7 @@ def check_objective(config: RunConfig) -> None:
                 f"memory (loss.memory_size) mines pairs: use miner.name=multi_similarity or ''"
             )
         return
+    check_head(config, loss_cls)
     if miner_cls is None or issubclass(miner_cls.produces, loss_cls.accepts):
         return
     fitting = [
@@ -61,8 +63,26 @@ def check_objective(config: RunConfig) -> None:
     )
 
 
+def check_head(config: RunConfig, loss_cls: type[MetricLoss]) -> None:
+    """A hashing loss needs a hash head; a hash head needs a hashing loss or a metric loss
+    carrying the quantization regulariser (loss.quantization_weight)."""
+    head, name = config.model.head, config.loss.name
+    if is_hashing(loss_cls) and head != "hash":
+        raise ConfigError(
+            f"loss.name={name!r} trains binary codes but model.head={head!r} gives float "
+            f"embeddings: use model.head=hash (with model.bits)"
+        )
+    if head == "hash" and not is_hashing(loss_cls) and config.loss.quantization_weight <= 0:
+        hashing = [n for n in losses.names() if is_hashing(losses.LOSSES.get(n))]
+        raise ConfigError(
+            f"model.head='hash' gives binary codes but loss.name={name!r} is a float metric "
+            f"loss: use a hashing loss ({', '.join(hashing)}) or push it to codes with "
+            f"loss.quantization_weight > 0"
+        )
+
+
 def build_objective(
-    config: RunConfig, num_classes: int, embedding_size: int
+    config: RunConfig, num_classes: int, embedding_size: int, total_steps: int = 0
 ) -> tuple[MetricLoss, Miner | None]:
     """The configured loss and miner, checked first (see `check_objective`).
 
@@ -83,6 +103,9 @@ def build_objective(
     if config.loss.memory_size > 0:
         loss_fn = CrossBatchMemory(loss_fn, embedding_size, config.loss.memory_size, miner)
         miner = None
+    if config.loss.quantization_weight > 0:  # outside the memory: it acts on the batch
+        ramp = round(config.loss.quantization_ramp * total_steps)
+        loss_fn = QuantizedLoss(loss_fn, config.loss.quantization_weight, ramp)
     return loss_fn, miner
 
 
@@ -126,7 +149,10 @@ class MetricObjective(nn.Module):
         strategy = trainer.strategy
         embeddings, labels = strategy.gather(embeddings), strategy.gather(labels)  # (N*B, ...)
         mined = self.miner(embeddings, labels) if self.miner is not None else None
-        return self.loss_fn(embeddings, labels, mined)
+        loss = self.loss_fn(embeddings, labels, mined)
+        if isinstance(self.loss_fn, QuantizedLoss):
+            self.loss_fn.advance()  # its weight ramps with the optimisation steps
+        return loss
 
     def optimizer_groups(self, lr: float) -> list[dict[str, Any]]:
         """Parameter groups of the objective's learned parameters, at `lr`, no weight decay."""

@@ -33,6 +33,7 @@ from deepembed.training.build import (
     adapt_splits,
     build_model,
     check_names,
+    has_validation,
     make_optimizer,
     make_sampler,
     make_scheduler,
@@ -44,6 +45,7 @@ from deepembed.training.callbacks import (
     Callback,
     EarlyStopping,
     EvaluateCallback,
+    HashScale,
     HeadWarmup,
     LRWarmup,
 )
@@ -97,22 +99,33 @@ def prepare(config: RunConfig, strategy: Strategy | None = None) -> Prepared:
     check_names(config)
     strategy = strategy or Strategy(_device(config))
     autocast_dtype(config.train.amp, strategy.device)
-    if config.train.early_stopping and config.data.val_classes <= 0:
+    if config.train.early_stopping and not has_validation(config):
         raise ConfigError(
-            "train.early_stopping needs validation classes (data.val_classes > 0): stopping "
-            "on the test classes would tune the run on them"
+            "train.early_stopping needs a validation split (data.val_classes > 0, or "
+            "data.hash_val_per_class > 0 under data.protocol=hashing): stopping on the test "
+            "queries would tune the run on them"
         )
     seed_everything(config.train.seed)
     splits = open_splits(config)
     model = build_model(config, splits.train).to(strategy.device)
-    # dataset labels -> contiguous class indices 0..C-1 (class-parameter losses index by them)
-    class_index = torch.as_tensor(np.unique(splits.train.labels), device=strategy.device)
-    loss_fn, miner = build_objective(config, len(class_index), model.embedding_dim)
-    objective = MetricObjective(loss_fn, miner, class_index).to(strategy.device)
     if strategy.world_size > 1:  # the batches of one epoch, before rounding up for ranks
         check_world_size(len(make_sampler(config, splits.train)), strategy.world_size)
     sampler = make_sampler(config, splits.train, strategy.rank, strategy.world_size)
+    # dataset labels -> contiguous class indices 0..C-1 (class-parameter losses index by them)
+    class_index = torch.as_tensor(np.unique(splits.train.labels), device=strategy.device)
+    loss_fn, miner = build_objective(
+        config, len(class_index), model.embedding_dim, total_steps(config, sampler)
+    )
+    objective = MetricObjective(loss_fn, miner, class_index).to(strategy.device)
     return Prepared(splits, model, objective, sampler, strategy)
+
+
+def total_steps(config: RunConfig, sampler: data.PKSampler) -> int:
+    """Optimisation steps of the whole run (train.max_steps caps each epoch)."""
+    per_epoch = len(sampler)
+    if config.train.max_steps > 0:
+        per_epoch = min(per_epoch, config.train.max_steps)
+    return per_epoch * config.train.epochs
 
 
 def _device(config: RunConfig) -> torch.device:
@@ -285,9 +298,7 @@ def _run(
     frozen_at, bank = frozen_bank(config, model, splits.train, stage, show, strategy.is_main)
     timings["frozen_bank_s"] = time.perf_counter() - bank_start
     optimizer = make_optimizer(config, model, ready.objective)
-    steps = len(ready.sampler) if config.train.max_steps <= 0 else config.train.max_steps
-    steps = min(steps, len(ready.sampler))
-    scheduler = make_scheduler(optimizer, config.optim.schedule, steps * config.train.epochs)
+    scheduler = make_scheduler(optimizer, config.optim.schedule, total_steps(config, ready.sampler))
     # in-memory small images: random affine on the whole batch; image files are augmented
     # per item (random resized crop + flip) by their dataset
     tensors = isinstance(splits.train, data.TensorImageDataset)
@@ -316,6 +327,8 @@ def _run(
         callbacks.append(EarlyStopping("val", config.train.select, config.train.early_stopping))
     if config.optim.warmup_steps:
         callbacks.append(LRWarmup(config.optim.warmup_steps))
+    if config.loss.name == "hashnet" and model.produces_codes:
+        callbacks.append(HashScale())
     callbacks.append(MetricsLogger(stage))
     if TensorBoardLogger.available():
         callbacks.append(TensorBoardLogger(stage / "tensorboard"))
