@@ -397,8 +397,8 @@ def test_evaluate_runs_one_search_with_largest_k(monkeypatch):
 
 def test_metric_names_are_documented():
     assert set(METRIC_NAMES) == {
-        "recall@K", "precision@K", "r_precision", "map@r", "map", "map@K", "mrr",
-        "knn_accuracy@K", "nmi", "ami", "f1",
+        "recall@K", "precision@K", "r_precision", "map@r", "map", "map@K", "map_hash@K",
+        "hamming_precision@R", "mrr", "knn_accuracy@K", "nmi", "ami", "f1",
     }  # fmt: skip
 
 

@@ -1,5 +1,6 @@
 """Exact selection on whole distance rows: the k nearest by (distance, gallery index), the
-ties that straddle the cut, and the tie groups of the relevant items for whole-ranking metrics.
+ties that straddle the cut, the tie groups of the relevant items for whole-ranking metrics, and
+per-distance counts of Hamming rows for radius metrics and curves.
 """
 
 from __future__ import annotations
@@ -8,6 +9,39 @@ import torch
 
 from deepembed.evaluation._knn_space import _Space
 from deepembed.evaluation.ties import groups_from_rows
+
+_HISTOGRAM_BLOCK = 1 << 22  # distance entries per block of the histogram pass (32 MB of int64)
+
+
+def _relevant_rows(labels: tuple[torch.Tensor, torch.Tensor], rows: torch.Tensor) -> torch.Tensor:
+    """(r, G) bool relevance of every gallery item to the query rows ``rows``: the same int
+    label, or for (N, C) float 0/1 label matrices at least one shared label."""
+    query, gallery = labels
+    if query.ndim == 1:
+        return gallery[None, :] == query[rows][:, None]
+    return torch.mm(query[rows], gallery.T) > 0.5
+
+
+def _distance_histograms(
+    dist: torch.Tensor, rel: torch.Tensor, bits: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(r, bits + 1) counts of gallery items at each Hamming distance 0..bits, and of the
+    relevant ones among them; excluded items (+inf, the query itself) are not counted.
+
+    Rows go in blocks of ``_HISTOGRAM_BLOCK`` entries so the int64 bin indices stay small.
+    """
+    n_rows, n_gallery = dist.shape
+    width = bits + 2  # one overflow bin per row takes the excluded items
+    counts = torch.zeros(n_rows, width, dtype=torch.int64, device=dist.device)
+    rel_counts = torch.zeros_like(counts)
+    step = max(1, _HISTOGRAM_BLOCK // max(1, n_gallery))
+    for a in range(0, n_rows, step):
+        b = min(a + step, n_rows)
+        offsets = torch.arange(b - a, device=dist.device)[:, None] * width
+        bins = dist[a:b].clamp(max=bits + 1).to(torch.int64) + offsets  # (s, G)
+        counts[a:b] = torch.bincount(bins.ravel(), minlength=(b - a) * width).view(-1, width)
+        rel_counts[a:b] = torch.bincount(bins[rel[a:b]], minlength=(b - a) * width).view(-1, width)
+    return counts[:, : bits + 1], rel_counts[:, : bits + 1]
 
 
 def _lowest_index_cut(dist: torch.Tensor, kth: torch.Tensor, k: int) -> torch.Tensor:
@@ -67,11 +101,13 @@ def _full_rows(
     exclude_self: bool,
     labels: tuple[torch.Tensor, torch.Tensor] | None,
     full_ranking: bool,
-) -> tuple[torch.Tensor, ...]:
+    histograms: bool = False,
+) -> tuple:
     """Exact lists of the query rows ``rows`` from their whole distance rows.
 
-    Returns (distances (r, k), columns (r, k), tied_beyond (r,), relevant_tied_beyond (r,))
-    and, with ``full_ranking``, the relevant items' TieGroups as a last element.
+    Returns (distances (r, k), columns (r, k), tied_beyond (r,), relevant_tied_beyond (r,),
+    the relevant items' TieGroups or None, and with ``histograms`` (Hamming only, needs labels)
+    the (r, bits + 1) counts of all and of relevant items at each distance, else None, None).
     """
     n_gallery = space.gallery.shape[0]
     q0, q1 = int(rows.min()), int(rows.max()) + 1
@@ -89,7 +125,7 @@ def _full_rows(
         dist = sub.to_distance(sub.scores(0, rows.numel(), 0, n_gallery), 0, rows.numel())
     rel = None
     if labels is not None:
-        rel = labels[1][None, :] == labels[0][rows][:, None]  # (r, G) same label
+        rel = _relevant_rows(labels, rows)  # (r, G) same label / a shared label
     if exclude_self:
         dist[torch.arange(rows.numel()), rows] = float("inf")
         if rel is not None:
@@ -99,11 +135,12 @@ def _full_rows(
     in_list_at_last = vals == vals[:, -1:]  # (r, k)
     tied = at_last.sum(1) - in_list_at_last.sum(1)
     rel_tied = torch.zeros_like(tied)
-    groups = None
+    groups = counts = rel_counts = None
     if rel is not None:
         rel_listed = torch.gather(rel, 1, cols) & in_list_at_last
         rel_tied = (at_last & rel).sum(1) - rel_listed.sum(1)
         if full_ranking:
             groups = groups_from_rows(dist, rel)
-    out: tuple = (vals, cols, tied, rel_tied)
-    return (*out, groups) if full_ranking else out
+        if histograms:
+            counts, rel_counts = _distance_histograms(dist, rel, space.gallery.shape[1])
+    return vals, cols, tied, rel_tied, groups, counts, rel_counts

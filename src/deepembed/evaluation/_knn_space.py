@@ -181,6 +181,9 @@ class KnnChunk:
         relevant_tied_beyond: (c,) how many of those share the query's label (0 without labels).
         relevant_groups: tie groups of all relevant items over the whole ranking (only when
             asked for with ``full_ranking``), else None.
+        distance_counts: (c, bits + 1) int64 gallery items at each Hamming distance (only
+            when asked for with ``histograms``; the query itself not counted), else None.
+        relevant_distance_counts: (c, bits + 1) relevant items among them, else None.
     """
 
     start: int
@@ -189,3 +192,5 @@ class KnnChunk:
     tied_beyond: np.ndarray
     relevant_tied_beyond: np.ndarray
     relevant_groups: TieGroups | None = None
+    distance_counts: np.ndarray | None = None
+    relevant_distance_counts: np.ndarray | None = None

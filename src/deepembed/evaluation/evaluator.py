@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -15,33 +16,51 @@ import torch.nn.functional as F
 
 from deepembed.evaluation import metrics as m
 from deepembed.evaluation._knn_space import ArrayLike, EvaluationInputError, as_sign_bits
+from deepembed.evaluation.hashing import hamming_precision, map_hash_at_k
 from deepembed.evaluation.knn import iter_knn
+from deepembed.evaluation.relevance import Relevance, parse_labels
 from deepembed.evaluation.ties import TieGroups, groups_from_list
 
 DEFAULT_METRICS = ("recall@1", "recall@2", "recall@4", "recall@8", "map@r", "r_precision", "nmi")
 
 METRIC_NAMES: dict[str, str] = {
-    "recall@K": "fraction of queries with at least one same-class item in the top K",
-    "precision@K": "mean fraction of same-class items in the top K",
-    "r_precision": "mean fraction of same-class items in the top R, R = relevant count",
+    "recall@K": "fraction of queries with at least one relevant item in the top K",
+    "precision@K": "mean fraction of relevant items in the top K (precision@N of hashing)",
+    "r_precision": "mean fraction of relevant items in the top R, R = relevant count",
     "map@r": "MAP@R of Musgrave et al. (2020): mean over queries of (1/R) sum_{i<=R} P@i rel_i",
-    "map": "mean average precision over the whole ranking: (1/R) sum_i P@i rel_i",
-    "map@K": "mean AP@K: sum_{i<=K} P@i rel_i / min(K, R)",
-    "mrr": "mean reciprocal rank of the first same-class item over the whole ranking",
-    "knn_accuracy@K": "majority vote of the K nearest (order: distance, gallery index) is right",
-    "nmi": "normalized mutual information of labels and seeded k-means (clusters = classes)",
+    "map": "mean average precision over the whole gallery (mAP@all of hashing papers): "
+    "(1/R) sum_i P@i rel_i",
+    "map@K": "mean AP@K, IR denominator: sum_{i<=K} P@i rel_i / min(K, R), R = relevant "
+    "items in the gallery (a query whose top min(K, R) are all relevant scores 1)",
+    "map_hash@K": "mean AP@K of hashing papers (DeepHash-pytorch CalcTopMap, mAP@1000): "
+    "sum_{i<=K} P@i rel_i / (relevant items in the top K); 0 when the top K holds none",
+    "hamming_precision@R": "distance='hamming' only, R >= 0 a radius: mean fraction of "
+    "relevant items among the gallery items within Hamming distance <= R; a query with "
+    "none within R counts 0 (DPSH / HashNet 'precision within Hamming radius 2')",
+    "mrr": "mean reciprocal rank of the first relevant item over the whole ranking",
+    "knn_accuracy@K": "majority vote of the K nearest (order: distance, gallery index) is "
+    "right (single labels only)",
+    "nmi": "normalized mutual information of labels and seeded k-means (clusters = classes; "
+    "single labels only)",
     "ami": "adjusted mutual information of labels and the same k-means clusters",
     "f1": "pairwise F1 of the same k-means clusters (Song et al. 2016)",
 }
 """Accepted metric names (patterns; K any positive integer) and what each measures.
 
+Relevant: same label; with (N, C) 0/1 label matrices (multi-label), at least one shared
+label. R is the number of relevant gallery items of a query (itself excluded in
+leave-one-out); queries with R = 0 are left out of every rank-metric average and counted.
+
 Rank metrics are tie-aware: where gallery items are equally distant from a query, the value
 is the expected one over a uniformly random order of the tied items (results say
-``"ties": "expected"``). kNN accuracy is the exception: it votes over the first K items in
+``"ties": "expected"``); for ``map_hash@K``, whose denominator depends on the order, it is
+the expectation of the ratio. ``hamming_precision@R`` takes a set (all items within the
+radius) and has no ties. kNN accuracy is the exception: it votes over the first K items in
 the order (distance, gallery index), a tie in votes going to the label with the nearest voter.
 """
 
-_AT_K = re.compile(r"^(recall|precision|map|knn_accuracy)@([1-9][0-9]*)$")
+_AT_K = re.compile(r"^(recall|precision|map|map_hash|knn_accuracy)@([1-9][0-9]*)$")
+_RADIUS = re.compile(r"^hamming_precision@(0|[1-9][0-9]*)$")
 _PLAIN_RANK = ("r_precision", "map@r", "map", "mrr")
 _FULL_RANKING = ("map", "mrr")
 _METRIC_BLOCK = 1 << 20  # (rows x k) entries per block of per-query metric arrays
@@ -57,7 +76,9 @@ def parse_metrics(metrics: Sequence[str]) -> tuple[list[str], int]:
         match = _AT_K.match(name) if isinstance(name, str) else None
         if match:
             max_k = max(max_k, int(match.group(2)))
-        elif name not in (*_PLAIN_RANK, *m.CLUSTER_METRICS):
+        elif name not in (*_PLAIN_RANK, *m.CLUSTER_METRICS) and not (
+            isinstance(name, str) and _RADIUS.match(name)
+        ):
             raise EvaluationInputError(
                 f"unknown metric {name!r}; expected {', '.join(METRIC_NAMES)}"
             )
@@ -66,18 +87,6 @@ def parse_metrics(metrics: Sequence[str]) -> tuple[list[str], int]:
     if not names:
         raise EvaluationInputError("no metrics requested")
     return names, max_k
-
-
-def _labels(labels: ArrayLike | Sequence, n_rows: int, name: str) -> np.ndarray:
-    """Labels as a (N,) numpy array with one entry per embedding row."""
-    if isinstance(labels, torch.Tensor):
-        labels = labels.detach().cpu().numpy()
-    arr = np.asarray(labels)
-    if arr.ndim != 1 or arr.shape[0] != n_rows:
-        raise EvaluationInputError(
-            f"{name} must have one label per row: expected shape ({n_rows},), got {arr.shape}"
-        )
-    return arr
 
 
 def _rows(x: ArrayLike, name: str) -> int:
@@ -91,33 +100,56 @@ def _rows(x: ArrayLike, name: str) -> int:
     return int(shape[0])
 
 
-def _relevant_counts(query_codes: np.ndarray, gallery_codes: np.ndarray, loo: bool) -> np.ndarray:
-    """(Q,) number of gallery items sharing each query's label (self excluded if LOO)."""
-    per_class = np.bincount(gallery_codes, minlength=int(query_codes.max()) + 1)
-    rel = per_class[query_codes].astype(np.int64)
-    return rel - 1 if loo else rel
+@dataclass(frozen=True)
+class _Part:
+    """What the per-query metric functions see of a block of query rows."""
+
+    groups: TieGroups  # tie groups of the top-k lists
+    full: TieGroups  # tie groups of every relevant item (whole ranking) or ``groups``
+    relevant: np.ndarray  # (p,) R
+    neighbours: np.ndarray | None  # (p, k) neighbour class codes (single labels only)
+    query: np.ndarray | None  # (p,) query class codes (single labels only)
+    counts: np.ndarray | None  # (p, bits + 1) items at each Hamming distance
+    relevant_counts: np.ndarray | None  # (p, bits + 1) relevant items at each distance
 
 
-def _rank_metric(
-    name: str, num_candidates: int
-) -> Callable[[TieGroups, np.ndarray, np.ndarray, np.ndarray, np.ndarray], np.ndarray]:
-    """Per-query function (groups, full_groups, R, neighbour labels, query labels) -> (q,)."""
+def _rank_metric(name: str, num_candidates: int) -> Callable[[_Part], np.ndarray]:
+    """Per-query function of a block of query rows -> (p,) values."""
+    radius = _RADIUS.match(name)
+    if radius:
+        r = int(radius.group(1))
+        return lambda p: hamming_precision(p.counts, p.relevant_counts, r)
     match = _AT_K.match(name)
     if match:
         kind, k = match.group(1), int(match.group(2))
         if kind == "recall":
-            return lambda g, fg, r, nl, ql: m.recall_at_k(g, k)
+            return lambda p: m.recall_at_k(p.groups, k)
         if kind == "precision":
-            return lambda g, fg, r, nl, ql: m.precision_at_k(g, k, num_candidates)
+            return lambda p: m.precision_at_k(p.groups, k, num_candidates)
         if kind == "map":
-            return lambda g, fg, r, nl, ql: m.map_at_k(g, k, r)
-        return lambda g, fg, r, nl, ql: m.knn_accuracy(nl, ql, k)
+            return lambda p: m.map_at_k(p.groups, k, p.relevant)
+        if kind == "map_hash":
+            return lambda p: map_hash_at_k(p.groups, k)
+        return lambda p: m.knn_accuracy(p.neighbours, p.query, k)
     return {
-        "r_precision": lambda g, fg, r, nl, ql: m.r_precision(g, r),
-        "map@r": lambda g, fg, r, nl, ql: m.map_at_r(g, r),
-        "map": lambda g, fg, r, nl, ql: m.average_precision(fg, r),
-        "mrr": lambda g, fg, r, nl, ql: m.reciprocal_rank(fg),
+        "r_precision": lambda p: m.r_precision(p.groups, p.relevant),
+        "map@r": lambda p: m.map_at_r(p.groups, p.relevant),
+        "map": lambda p: m.average_precision(p.full, p.relevant),
+        "mrr": lambda p: m.reciprocal_rank(p.full),
     }[name]
+
+
+def _check_inputs(names: list[str], relevance: Relevance, distance: str) -> None:
+    """Refuse metric requests the inputs cannot serve, with one-line errors."""
+    radius = [n for n in names if _RADIUS.match(n)]
+    if radius and distance != "hamming":
+        raise EvaluationInputError(
+            f"{radius[0]} counts items within a Hamming radius: it needs distance='hamming' "
+            f"(binary codes), got distance={distance!r}"
+        )
+    single = [n for n in names if n in m.CLUSTER_METRICS or n.startswith("knn_accuracy@")]
+    if single:
+        relevance.require_single(", ".join(single))
 
 
 def _as_numpy(x: ArrayLike) -> np.ndarray:
@@ -138,6 +170,24 @@ def _cluster_input(query: ArrayLike, distance: str) -> np.ndarray:
     return emb
 
 
+def _relevance(
+    query_labels: ArrayLike | Sequence,
+    gallery: ArrayLike | None,
+    gallery_labels: ArrayLike | Sequence | None,
+    n_query: int,
+) -> Relevance:
+    """Parsed, encoded labels of the query and gallery (the query set in leave-one-out)."""
+    q_labels = parse_labels(query_labels, n_query, "query_labels")
+    if gallery is None:
+        if gallery_labels is not None:
+            raise EvaluationInputError("gallery_labels given without gallery")
+        return Relevance(q_labels, None)
+    if gallery_labels is None:
+        raise EvaluationInputError("gallery given without gallery_labels")
+    g_labels = parse_labels(gallery_labels, _rows(gallery, "gallery"), "gallery_labels")
+    return Relevance(q_labels, g_labels)
+
+
 def evaluate(
     query: ArrayLike,
     query_labels: ArrayLike | Sequence,
@@ -154,19 +204,23 @@ def evaluate(
 
     One exact k-NN search feeds every rank metric, with k the largest K requested (and the
     largest relevant count R for ``r_precision`` / ``map@r``); ``map`` and ``mrr`` also take
-    the tie groups of every relevant item from the same pass. Queries whose class has no item
-    in the gallery are left out of every average and counted. Rank metrics are expected
-    values over random orders of tied items (see :data:`METRIC_NAMES`). Clustering metrics
+    the tie groups of every relevant item from the same pass, and ``hamming_precision@R``
+    the per-distance counts of every Hamming row. Queries with no relevant item in the gallery
+    are left out of every average and counted. Rank metrics are expected values over random
+    orders of tied items (see :data:`METRIC_NAMES`). Clustering metrics
     share one seeded k-means (greedy k-means++, restarts keeping the lowest inertia, see
     :mod:`deepembed.evaluation.clustering`) of the query rows (L2-normalised for cosine,
     -1/+1 for Hamming).
 
     Args:
         query: (Q, D) query embeddings (numpy or torch), or binary codes for Hamming.
-        query_labels: (Q,) class label of each query.
+        query_labels: (Q,) class label of each query, or a (Q, C) 0/1 label matrix
+            (multi-label: relevant = at least one shared label; rank metrics and
+            ``hamming_precision@R`` only).
         gallery: (G, D) gallery rows, or None for leave-one-out on the queries (each query
             searches all other queries: CUB, Cars, SOP).
-        gallery_labels: (G,) labels; required exactly when ``gallery`` is given.
+        gallery_labels: (G,) labels, or (G, C) with query label matrices; required exactly
+            when ``gallery`` is given.
         metrics: names from :data:`METRIC_NAMES`.
         distance: "cosine", "inner_product", "euclidean", "squared_euclidean" or "hamming"
             (packed uint8, bool, {0,1} or {-1,+1} codes).
@@ -184,32 +238,24 @@ def evaluate(
 
     Raises:
         ValueError: unknown metric, empty query or gallery, label/row count mismatch, bad
-            embeddings, or no query with a relevant gallery item when rank metrics are asked.
+            embeddings, no query with a relevant gallery item when rank metrics are asked,
+            ``hamming_precision@R`` without Hamming distance, or multi-label input with
+            clustering metrics or kNN accuracy.
     """
     names, max_k = parse_metrics(metrics)
     if primary_metric is not None and primary_metric not in names:
         raise EvaluationInputError(f"primary_metric {primary_metric!r} is not among the metrics")
     n_query = _rows(query, "query")
-    q_labels = _labels(query_labels, n_query, "query_labels")
-    loo = gallery is None
-    if loo:
-        if gallery_labels is not None:
-            raise EvaluationInputError("gallery_labels given without gallery")
-        g_labels = q_labels
-    else:
-        if gallery_labels is None:
-            raise EvaluationInputError("gallery given without gallery_labels")
-        g_labels = _labels(gallery_labels, _rows(gallery, "gallery"), "gallery_labels")
-    # labels of any type -> int codes shared by query and gallery
-    both = q_labels if loo else np.concatenate([q_labels, g_labels])
-    codes = np.unique(both, return_inverse=True)[1].astype(np.int64).ravel()
-    q_codes, g_codes = codes[:n_query], (codes if loo else codes[n_query:])
+    relevance = _relevance(query_labels, gallery, gallery_labels, n_query)
+    loo = relevance.loo
+    _check_inputs(names, relevance, distance)
+    q_codes, g_codes = relevance.query, relevance.gallery
 
     results: dict[str, float] = {}
     rank_names = [n for n in names if n not in m.CLUSTER_METRICS]
     n_used, n_excluded, k = n_query, 0, 0
     if rank_names:
-        relevant = _relevant_counts(q_codes, g_codes, loo)  # (Q,)
+        relevant = relevance.counts()  # (Q,)
         usable = relevant > 0  # (Q,) queries with something to find
         n_used = int(usable.sum())
         n_excluded = n_query - n_used
@@ -235,6 +281,7 @@ def evaluate(
             query_labels=q_codes,
             gallery_labels=g_codes,
             full_ranking=any(n in _FULL_RANKING for n in rank_names),
+            histograms=any(_RADIUS.match(n) for n in rank_names),
         ):
             # metric arrays are (rows, k): sub-chunks of ~1M entries keep them small
             step = max(1, _METRIC_BLOCK // max(k, 1))
@@ -243,17 +290,26 @@ def evaluate(
                 part = part[usable[chunk.start + part]]  # rows with a relevant item
                 if part.size == 0:
                     continue
-                nb = g_codes[chunk.indices[part]]  # (p, k) labels of the neighbours
-                ql, rel = q_codes[chunk.start + part], relevant[chunk.start + part]
+                rows, cols = chunk.start + part, chunk.indices[part]  # (p,), (p, k)
                 groups = groups_from_list(
                     chunk.distances[part],
-                    nb == ql[:, None],
+                    relevance.hits(rows, cols),
                     chunk.tied_beyond[part],
                     chunk.relevant_tied_beyond[part],
                 )
-                full = chunk.relevant_groups.select(part) if chunk.relevant_groups else groups
+                single = not relevance.multi_label
+                counts, rel_counts = chunk.distance_counts, chunk.relevant_distance_counts
+                block = _Part(
+                    groups,
+                    chunk.relevant_groups.select(part) if chunk.relevant_groups else groups,
+                    relevant[rows],
+                    g_codes[cols] if single else None,
+                    q_codes[rows] if single else None,
+                    None if counts is None else counts[part],
+                    None if rel_counts is None else rel_counts[part],
+                )
                 for name, fn in per_query.items():
-                    sums[name] += float(fn(groups, full, rel, nb, ql).sum())
+                    sums[name] += float(fn(block).sum())
         results = {name: total / n_used for name, total in sums.items()}
     cluster_names = tuple(n for n in names if n in m.CLUSTER_METRICS)
     if cluster_names:

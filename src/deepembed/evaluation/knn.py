@@ -22,10 +22,10 @@ import math
 from collections.abc import Iterator
 from types import ModuleType
 
-import faiss
 import numpy as np
 import torch
 
+from deepembed.evaluation._knn_faiss import _faiss_candidates, _faiss_index
 from deepembed.evaluation._knn_rows import _full_rows, _order_ties
 from deepembed.evaluation._knn_space import (
     ArrayLike,
@@ -46,7 +46,6 @@ _PAIR_BLOCK = 1024  # rows per block of the symmetric search: 4 MB of dot produc
 _SYMMETRIC_HEAP_BUDGET = 1 << 30  # bytes of (N, k + 1) heaps; beyond it, the streamed search
 _CPU_KERNELS = True  # merge on CPU with the fused numba kernels (tests turn it off)
 _FAISS_BLAS_MIN = 128_000  # faiss uses BLAS only when n_queries * dim >= this
-_FAISS_BINARY_BYTES = (4, 8, 16, 20, 32, 64)  # code sizes with specialised Hamming kernels
 
 
 # ---------- streamed top-(k+1) candidates ----------
@@ -157,60 +156,6 @@ def _symmetric_candidates(
         yield i0, i1, torch.from_numpy(block_v), torch.from_numpy(block_c.astype(np.int64))
 
 
-def _faiss_candidates(
-    space: _Space, q0: int, q1: int, k1: int, exclude_self: bool, index: faiss.Index
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Best k1 distances (c, k1) and columns of query rows q0:q1 from a faiss index."""
-    want = k1 + 1 if exclude_self else k1
-    q = space.query[q0:q1].cpu().numpy()
-    if space.distance == "hamming":
-        q = _pack_for_faiss(q)
-    dist, cols = index.search(np.ascontiguousarray(q), want)  # (c, want) each
-    dist_t = torch.from_numpy(np.asarray(dist, dtype=np.float32))
-    cols_t = torch.from_numpy(cols.astype(np.int64))
-    if exclude_self:  # drop the query itself, or the last column where it was not returned
-        own = torch.arange(q0, q1)[:, None]
-        is_own = cols_t == own
-        drop = torch.where(is_own.any(1), is_own.int().argmax(1), torch.full_like(own[:, 0], k1))
-        keep = torch.ones_like(is_own)
-        keep[torch.arange(q1 - q0), drop] = False
-        dist_t = dist_t[keep].view(q1 - q0, k1)
-        cols_t = cols_t[keep].view(q1 - q0, k1)
-    if space.distance == "cosine":
-        dist_t = dist_t.neg_().add_(1.0)
-    elif space.distance == "inner_product":
-        dist_t = dist_t.neg_()
-    elif space.distance == "euclidean":
-        dist_t = dist_t.clamp_min_(0.0).sqrt_()
-    elif space.distance == "squared_euclidean":
-        dist_t = dist_t.clamp_min_(0.0)
-    return dist_t.to(space.query.device), cols_t.to(space.query.device)
-
-
-def _pack_for_faiss(signs: np.ndarray) -> np.ndarray:
-    """-1/+1 rows (N, bits) as packed uint8 codes, zero-padded to a specialised code size."""
-    packed = np.packbits(signs > 0, axis=1)  # (N, ceil(bits / 8))
-    size = next((s for s in _FAISS_BINARY_BYTES if s >= packed.shape[1]), None)
-    size = size or -(-packed.shape[1] // 8) * 8
-    return np.pad(packed, ((0, 0), (0, size - packed.shape[1])))
-
-
-def _faiss_index(space: _Space) -> faiss.Index:
-    """A flat faiss index over the gallery in the space's distance."""
-    g = space.gallery.cpu().numpy()
-    if space.distance == "hamming":
-        codes = _pack_for_faiss(g)
-        index = faiss.IndexBinaryFlat(codes.shape[1] * 8)
-        index.add(codes)
-        return index
-    if space.distance in ("cosine", "inner_product"):
-        index = faiss.IndexFlatIP(g.shape[1])
-    else:
-        index = faiss.IndexFlatL2(g.shape[1])
-    index.add(np.ascontiguousarray(g))
-    return index
-
-
 def _resolve_backend(backend: str, space: _Space, full_ranking: bool, same_set: bool) -> str:
     """The backend that will run for ``backend`` (see :func:`iter_knn`)."""
     if backend not in KNN_BACKENDS:
@@ -248,6 +193,7 @@ def iter_knn(
     query_labels: np.ndarray | None = None,
     gallery_labels: np.ndarray | None = None,
     full_ranking: bool = False,
+    histograms: bool = False,
 ) -> Iterator[KnnChunk]:
     """Exact k nearest gallery rows, yielded chunk by chunk of query rows.
 
@@ -274,10 +220,13 @@ def iter_knn(
             in ``_resolve_backend``). Hamming distances and
             ``full_ranking`` use the exact full-row pass of torch (with "faiss", Hamming lists
             come from faiss and rows with a tie at the cut are redone by that pass).
-        query_labels, gallery_labels: int labels (Q,), (G,): enable ``relevant_tied_beyond``
-            and ``full_ranking``.
+        query_labels, gallery_labels: int labels (Q,), (G,), or (Q, C), (G, C) 0/1 label
+            matrices (relevant: at least one shared label): enable ``relevant_tied_beyond``,
+            ``full_ranking`` and ``histograms``.
         full_ranking: also return the tie groups of every relevant item over the whole
             ranking (needs labels).
+        histograms: Hamming only: also return, per query, how many gallery items (and how
+            many relevant ones) lie at each distance 0..bits (needs labels; torch's full rows).
 
     Raises:
         ValueError: empty or non-2-D input, dimension mismatch, non-finite values, unknown
@@ -296,18 +245,17 @@ def iter_knn(
             f"exclude_self needs query and gallery to be the same set, got {n_query} query "
             f"rows and {n_gallery} gallery rows"
         )
-    if full_ranking and query_labels is None:
+    if (full_ranking or histograms) and query_labels is None:
         raise EvaluationInputError("full_ranking needs query_labels and gallery_labels")
+    if histograms and distance != "hamming":
+        raise EvaluationInputError("distance histograms need distance='hamming'")
     device = space.query.device
     labels = None
     if query_labels is not None:
         g_lab = query_labels if gallery_labels is None else gallery_labels
-        labels = (
-            torch.as_tensor(np.asarray(query_labels, np.int64), device=device),
-            torch.as_tensor(np.asarray(g_lab, np.int64), device=device),
-        )
+        labels = (_label_tensor(query_labels, device), _label_tensor(g_lab, device))
     k = min(k, n_gallery - 1 if exclude_self else n_gallery)
-    used = _resolve_backend(backend, space, full_ranking, gallery is None)
+    used = _resolve_backend(backend, space, full_ranking or histograms, gallery is None)
     exact_rows = used == "torch" and (distance == "hamming" or full_ranking)
     if k == 0:  # leave-one-out on a single row: no candidates at all
         none = np.zeros((n_query, 0))
@@ -319,7 +267,9 @@ def iter_knn(
     if exact_rows:
         for q0 in range(0, n_query, row_block):
             rows = torch.arange(q0, min(q0 + row_block, n_query), device=device)
-            yield _chunk(q0, _full_rows(space, rows, k, exclude_self, labels, full_ranking))
+            yield _chunk(
+                q0, _full_rows(space, rows, k, exclude_self, labels, full_ranking, histograms)
+            )
         return
     k1 = min(k + 1, n_gallery - 1 if exclude_self else n_gallery)  # one more exposes a tie
     symmetric = gallery is None and used == "torch"
@@ -338,7 +288,7 @@ def iter_knn(
         redo = straddle.nonzero().squeeze(1)
         for r0 in range(0, redo.numel(), row_block):  # exact pass for straddling ties only
             part = redo[r0 : r0 + row_block]
-            v, c, t, rt = _full_rows(space, part + q0, k, exclude_self, labels, False)
+            v, c, t, rt, *_ = _full_rows(space, part + q0, k, exclude_self, labels, False)
             dist[part], cols[part], tied[part], rel_tied[part] = v, c, t, rt
         yield _chunk(q0, (dist, cols, tied, rel_tied))
 
@@ -377,10 +327,19 @@ def _candidate_chunks(
             yield q0, q1, space.to_distance(scores, q0, q1), cols
 
 
+def _label_tensor(labels: np.ndarray, device: torch.device) -> torch.Tensor:
+    """(N,) int64 labels, or a (N, C) 0/1 label matrix as float32 (relevance by products)."""
+    arr = np.asarray(labels)
+    if arr.ndim == 2:
+        return torch.as_tensor(arr.astype(np.float32), device=device)
+    return torch.as_tensor(arr.astype(np.int64), device=device)
+
+
 def _chunk(start: int, parts: tuple) -> KnnChunk:
-    """A KnnChunk from (distances, columns, tied, relevant tied[, groups]) tensors."""
+    """A KnnChunk from (distances, columns, tied, relevant tied[, groups, counts, relevant
+    counts]) tensors (None where not asked for)."""
     dist, cols, tied, rel_tied = (p.cpu().numpy() for p in parts[:4])
-    groups = parts[4] if len(parts) > 4 else None
+    groups, counts, rel_counts = (*parts[4:], None, None, None)[:3]
     return KnnChunk(
         start,
         dist.astype(np.float32),
@@ -388,6 +347,8 @@ def _chunk(start: int, parts: tuple) -> KnnChunk:
         tied.astype(np.int64),
         rel_tied.astype(np.int64),
         groups,
+        None if counts is None else counts.cpu().numpy(),
+        None if rel_counts is None else rel_counts.cpu().numpy(),
     )
 
 
