@@ -33,7 +33,7 @@ if [ ! -f "$venv/.complete-base" ]; then
     touch "$venv/.complete-base"
 fi
 if [ "$dev" = 1 ] && [ ! -f "$venv/.complete-dev" ]; then
-    say "installing dev tools (pytest, ruff, pytorch-metric-learning)"
+    say "installing dev tools (pytest, ruff, pytorch-metric-learning, hypothesis)"
     "$venv/bin/pip" install -q 2> >(grep -v "is ignored" >&2) -c constraints.txt -e ".[dev]"
     touch "$venv/.complete-dev"
 fi
