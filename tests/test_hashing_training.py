@@ -48,6 +48,11 @@ def test_a_hashing_run_learns_codes_and_evaluates_them_by_hamming(tmp_path: Path
     # the epoch was chosen on the validation items, and every metric is a real number
     assert result.metrics["selection"] == "best val map"
     assert 1 / 30 < result.metrics["map"] <= 1 and "val" in result.history[0]
+    # the literature's curves: precision@N and precision-recall over Hamming radii 0..16
+    curves = result.metrics["hashing_curves"]
+    assert curves["pr_curve"]["radius"] == list(range(17))
+    assert curves["pr_curve"]["recall"][-1] == pytest.approx(1.0)
+    assert (result.run_dir / "hashing_curves.png").stat().st_size > 1000
 
 
 @pytest.mark.parametrize("loss", ["csq", "greedy_hash", "dtsh"])

@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from deepembed.config import RunConfig
 from deepembed.data.datasets import collate
 from deepembed.models.embedder import Embedder
 
@@ -119,3 +120,45 @@ def _mapped(directory: Path, shape: tuple[int, ...]) -> np.ndarray:
         os.close(fd)
         os.unlink(name)
     return array
+
+
+def frozen_bank(
+    config: RunConfig,
+    model: Embedder,
+    train_set: Any,
+    run_dir: Path,
+    progress: bool,
+    main: bool = True,
+) -> tuple[int, FeatureBank | None]:
+    """(stage, bank) when train.frozen_views asks for one and the model allows it, else
+    (0, None): the frozen first stages are then recomputed every step. Only `main` (rank 0)
+    says why not; every rank builds its own bank."""
+    stage, views = config.model.freeze_stages, config.train.frozen_views
+    if views <= 0 or stage <= 0:
+        return 0, None
+    if not model.backbone.splittable:
+        if main:
+            tqdm.write(
+                f"train.frozen_views: {config.model.backbone} cannot be split between "
+                "stages; its frozen stages are recomputed each step"
+            )
+        return 0, None
+    size = bank_bytes(model, stage, len(train_set), views)
+    if size > config.data.max_cache_gb * 2**30:
+        if main:
+            tqdm.write(
+                f"train.frozen_views: the bank would take {size / 2**30:.1f} GB > "
+                "data.max_cache_gb; frozen stages are recomputed each step"
+            )
+        return 0, None
+    bank = build_bank(
+        model,
+        stage,
+        train_set,
+        views,
+        run_dir,
+        config.train.seed,
+        workers=config.data.num_workers,
+        progress=progress,
+    )
+    return stage, bank

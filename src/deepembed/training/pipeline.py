@@ -25,6 +25,7 @@ from deepembed import data
 from deepembed.config import RunConfig, load_config, save_config, to_dict
 from deepembed.data.transforms import train_augmentation
 from deepembed.errors import ConfigError
+from deepembed.evaluation import hashing_curves
 from deepembed.inference import Embeddings, evaluate_embeddings, evaluate_model
 from deepembed.io import write_json
 from deepembed.models.embedder import Embedder
@@ -56,7 +57,7 @@ from deepembed.training.checkpoint import (
     load_checkpoint,
 )
 from deepembed.training.distributed import Strategy, check_world_size, strategy_from_env
-from deepembed.training.frozen import FeatureBank, bank_bytes, build_bank
+from deepembed.training.frozen import frozen_bank
 from deepembed.training.logs import MetricsLogger, TensorBoardLogger
 from deepembed.training.objective import MetricObjective, build_objective
 from deepembed.training.rundir import (
@@ -68,6 +69,7 @@ from deepembed.training.rundir import (
     resume_dir,
 )
 from deepembed.training.trainer import Trainer, autocast_dtype
+from deepembed.viz.hashing import plot_hashing_curves
 
 __all__ = ["Prepared", "TrainResult", "prepare", "resume_config", "train"]
 
@@ -240,48 +242,6 @@ def _adapt(ready: Prepared, config: RunConfig, stage: Path, progress: bool) -> P
     return ready
 
 
-def frozen_bank(
-    config: RunConfig,
-    model: Embedder,
-    train_set: Any,
-    run_dir: Path,
-    progress: bool,
-    main: bool = True,
-) -> tuple[int, FeatureBank | None]:
-    """(stage, bank) when train.frozen_views asks for one and the model allows it, else
-    (0, None): the frozen first stages are then recomputed every step. Only `main` (rank 0)
-    says why not; every rank builds its own bank."""
-    stage, views = config.model.freeze_stages, config.train.frozen_views
-    if views <= 0 or stage <= 0:
-        return 0, None
-    if not model.backbone.splittable:
-        if main:
-            tqdm.write(
-                f"train.frozen_views: {config.model.backbone} cannot be split between "
-                "stages; its frozen stages are recomputed each step"
-            )
-        return 0, None
-    size = bank_bytes(model, stage, len(train_set), views)
-    if size > config.data.max_cache_gb * 2**30:
-        if main:
-            tqdm.write(
-                f"train.frozen_views: the bank would take {size / 2**30:.1f} GB > "
-                "data.max_cache_gb; frozen stages are recomputed each step"
-            )
-        return 0, None
-    bank = build_bank(
-        model,
-        stage,
-        train_set,
-        views,
-        run_dir,
-        config.train.seed,
-        workers=config.data.num_workers,
-        progress=progress,
-    )
-    return stage, bank
-
-
 def _run(
     config: RunConfig,
     ready: Prepared,
@@ -413,5 +373,15 @@ def _final_test(
         query.save(stage / "embeddings" / "test.npz")
         if gallery is not None:
             gallery.save(stage / "embeddings" / "gallery.npz")
+        if query.codes is not None:  # a hash model: the literature's curves and their plot
+            ref = gallery if gallery is not None else None
+            curves = hashing_curves(
+                query.codes,
+                query.labels,
+                None if ref is None else ref.codes,
+                None if ref is None else ref.labels,
+            )
+            summary["hashing_curves"] = curves
+            plot_hashing_curves(curves, stage / "hashing_curves.png")
         write_json(stage / "metrics.json", summary)
     return TrainResult(stage, model_dir, summary, history)
