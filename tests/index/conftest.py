@@ -9,6 +9,12 @@ from pathlib import Path
 import faiss
 import numpy as np
 import pytest
+import torch
+from PIL import Image
+
+from deepembed.data.preprocess import Preprocess
+from deepembed.models.backbones import BACKBONES, Backbone
+from deepembed.models.embedder import Embedder, EmbedderSpec
 
 
 @pytest.fixture(autouse=True)
@@ -84,3 +90,48 @@ def write_legacy_index(
     meta |= {"count": len(ids), "class_names": {"0": "zero"}}
     (path / "meta.json").write_text(json.dumps(meta))
     return path
+
+
+class PixelBackbone(Backbone):
+    """A fake backbone for search tests: its feature map is the image itself, so an embedding
+    is a fixed random projection of pixel-grid means (distinct images, distinct embeddings;
+    sign codes of random hyperplanes for a hash head). A random small_cnn maps these tiny test
+    images to nearly one point."""
+
+    def __init__(self, pretrained: bool = False, channels: int = 3, image_size: int = 32) -> None:
+        super().__init__()
+        self.num_features = channels
+        self.default_pool = ("gridmax", {"grid": 4})
+        half = (0.5,) * channels
+        self.preprocess = Preprocess((image_size, image_size), channels, 0, "bilinear", half, half)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+@pytest.fixture(scope="module")
+def pixel_models(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]]:
+    """(float model dir with 8-d embeddings, hash model dir with 24-bit codes) on the fake
+    backbone, registered for this module only (the backbone tests walk the registry)."""
+    BACKBONES["test_pixels"] = PixelBackbone
+    root = tmp_path_factory.mktemp("models")
+    torch.manual_seed(0)
+    floats = Embedder(EmbedderSpec(backbone="test_pixels", embedding_dim=8)).save(root / "float")
+    codes = Embedder(EmbedderSpec(backbone="test_pixels", head="hash", bits=24)).save(root / "hash")
+    yield floats, codes
+    BACKBONES.pop("test_pixels", None)
+
+
+def write_images(root: Path, per_class: int = 4) -> list[Path]:
+    """Small PNGs in class folders red/, green/, blue/: random blocks tinted with the colour."""
+    rng = np.random.default_rng(0)
+    paths = []
+    for c, name in enumerate(["red", "green", "blue"]):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            blocks = rng.integers(0, 160, size=(5, 5, 3)).repeat(8, axis=0).repeat(8, axis=1)
+            blocks[..., c] += 95
+            path = root / name / f"{i}.png"
+            Image.fromarray(blocks.astype(np.uint8)).save(path)
+            paths.append(path)
+    return paths

@@ -63,9 +63,10 @@ def vectors(index: FaissIndex, given: Any, what: str = "vectors") -> tuple[np.nd
         raise DataError(f"index {index.spec} takes float {what}, got {arr.dtype}{hint}")
     if arr.ndim != 2 or arr.shape[1] != index.dim:
         raise DataError(f"{what} must be (n, {index.dim}), got shape {arr.shape}")
-    rows = np.ascontiguousarray(arr, np.float32)
+    with np.errstate(over="ignore"):  # float64 beyond float32's range becomes inf: refused
+        rows = np.ascontiguousarray(arr, np.float32)
     if not np.isfinite(rows).all():
-        raise DataError(f"{what} contain NaN or infinite values")
+        raise DataError(f"{what} contain NaN or infinite values (as float32)")
     if index.metric == "cosine" and len(rows) and not np.linalg.norm(rows, axis=1).all():
         raise DataError(f"{what} contain a zero vector, which has no cosine distance")
     return prepare_floats(rows, index.metric), rows
