@@ -93,12 +93,12 @@ def add(
 ) -> None:
     """Embed images with the model and add them, recording sources and labels. Images already
     indexed (same source path) are skipped, so an interrupted add can be run again."""
-    listing = list_images(images)
+    found = list_images(images)
     searcher = Searcher.open(index, model or default_model_dir(index))
     opened = searcher.index
     known = opened.sources()
-    listing = listing.keep([i for i, p in enumerate(listing.paths) if str(p) not in known])
-    skipped = len(known & {str(p) for p in list_images(images).paths})
+    listing = found.keep([i for i, p in enumerate(found.paths) if str(p) not in known])
+    skipped = len(found) - len(listing)
     problems = [(p, why) for p in listing.paths if (why := check_image(p))]
     if problems:
         path, why = problems[0]

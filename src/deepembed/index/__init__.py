@@ -15,6 +15,7 @@ import numpy as np
 from deepembed.errors import DataError
 from deepembed.index.base import Index, Item
 from deepembed.index.faiss_index import FaissIndex
+from deepembed.index.searcher import Hit, Searcher
 from deepembed.index.specs import BINARY_FORMS, FLOAT_FORMS, METRICS, parse_spec
 from deepembed.inference import Embeddings
 
@@ -95,8 +96,10 @@ __all__ = [
     "FLOAT_FORMS",
     "METRICS",
     "FaissIndex",
+    "Hit",
     "Index",
     "Item",
+    "Searcher",
     "build",
     "create",
     "is_milvus",
