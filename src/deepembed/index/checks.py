@@ -75,7 +75,9 @@ def vectors(index: FaissIndex, given: Any, what: str = "vectors") -> tuple[np.nd
 def ids(given: Any, n: int | None) -> np.ndarray:
     """(n,) int64 ids: integers, non-negative, unique."""
     arr = np.asarray(given)
-    if arr.ndim != 1 or (n is not None and len(arr) != n):
+    if arr.ndim != 1:
+        raise DataError(f"ids must be a list of integers, got shape {arr.shape}")
+    if n is not None and len(arr) != n:
         raise DataError(f"{n} vectors but ids of shape {arr.shape}")
     if arr.size and arr.dtype.kind not in "iu":
         raise DataError(f"ids must be integers, got {arr.dtype}")

@@ -53,6 +53,7 @@ class FaissIndex:
         """A new empty index; with `path` its catalogue is created there at once."""
         parsed = parse_spec(spec)
         checks.check_spec(parsed, dim, metric)
+        dim = int(dim)  # numpy integers too
         settings = {"format_version": 2, "kind": "faiss", "spec": parsed.text, "metric": metric}
         settings |= {"dim": dim, "params": {}, "class_names": {}}
         if path is not None:

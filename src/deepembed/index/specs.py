@@ -176,7 +176,7 @@ def check_spec(spec: Spec, dim: int, metric: str) -> None:
     """Refuse a metric, dimension or spec that do not fit together."""
     if metric not in METRICS:
         raise DataError(f"unknown index metric {metric!r}; known: {', '.join(METRICS)}")
-    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+    if isinstance(dim, bool) or not isinstance(dim, numbers.Integral) or dim < 1:
         raise DataError(f"index dimension must be a positive integer, got {dim!r}")
     if spec.binary and metric != "hamming":
         raise DataError(f"binary index spec {spec.text} takes metric 'hamming', not {metric!r}")

@@ -59,6 +59,8 @@ def tune(
     """Try the spec's grid; store (set_params) the fastest setting reaching `recall`."""
     if not 0.0 < recall <= 1.0:
         raise DataError(f"the recall target must be in (0, 1], got {recall}")
+    if sample < 1:
+        raise DataError(f"the sample of held-out queries must be at least 1, got {sample}")
     result = TuneResult(recall, k)
     grid = parse_spec(index.spec).grid()
     if grid == [{}]:
