@@ -291,14 +291,14 @@ class FaissIndex:
             return self._exact(x, k, subset)  # BIVF / BHash: no selector in faiss
         if spec.native_ids:
             sel = None if subset is None else fp.batch_selector(subset)
-            raw, ids = structure.search(x, k, params=fp.search_params(spec, params, sel))
+            raw, ids = fp.faiss_search(structure, x, k, fp.search_params(spec, params, sel))
         elif subset is None and not self.dead:
-            raw, ids = structure.search(x, k, params=fp.search_params(spec, params))
+            raw, ids = fp.faiss_search(structure, x, k, fp.search_params(spec, params))
         elif subset is None and spec.family == "hash":
             raw, ids = self._overfetch(x, k)
         else:
             sel = self._live_selector() if subset is None else self._subset_selector(subset)
-            raw, pos = structure.index.search(x, k, params=fp.search_params(spec, params, sel))
+            raw, pos = fp.faiss_search(structure.index, x, k, fp.search_params(spec, params, sel))
             ids = np.where(pos >= 0, fp.id_view(structure)[np.maximum(pos, 0)], -1)
         if subset is not None:  # an approximate search may come back short: exact for those
             short = (ids >= 0).sum(1) < min(k, len(subset))
@@ -321,7 +321,7 @@ class FaissIndex:
         """Search k + dead positions and keep the first k live ones (BHash has no selector)."""
         assert self._live is not None
         fetch = min(k + self.dead, int(self._structure.ntotal))
-        raw, pos = self._structure.index.search(x, fetch)
+        raw, pos = fp.faiss_search(self._structure.index, x, fetch)
         keep = (pos >= 0) & self._live[np.maximum(pos, 0)]
         order = np.argsort(~keep, axis=1, kind="stable")[:, :k]  # live first, in rank order
         raw, pos, keep = (np.take_along_axis(a, order, 1) for a in (raw, pos, keep))

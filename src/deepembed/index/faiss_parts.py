@@ -156,10 +156,10 @@ def exact_search(
         flat = faiss.IndexFlatIP(base.shape[1])
     flat.add(base)
     if metric == "hamming":
-        raw, pos = flat.search(queries, k)
+        raw, pos = faiss_search(flat, queries, k)
     else:
         with blas_rule(base.shape[1]):
-            raw, pos = flat.search(queries, k)
+            raw, pos = faiss_search(flat, queries, k)
     return raw, np.where(pos >= 0, base_ids[np.maximum(pos, 0)], -1)
 
 
@@ -180,3 +180,16 @@ def to_distances(raw: np.ndarray, ids: np.ndarray, metric: str) -> np.ndarray:
 def memory_bytes(structure: Structure, binary: bool) -> int:
     """Bytes the faiss structure takes (its serialised size)."""
     return len(serialize(structure, binary))
+
+
+def faiss_search(
+    index: Any, x: np.ndarray, k: int, params: Any = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """index.search(x, k, params=params) on numpy arrays, also when another library has
+    imported faiss.contrib.torch_utils (pytorch-metric-learning does): that module replaces
+    `search` with a wrapper that drops `params` (the selector, nprobe ...) and keeps the
+    numpy original as `search_numpy`."""
+    search = getattr(index, "search_numpy", None) or index.search
+    if params is None:
+        return search(x, k)
+    return search(x, k, params=params)
