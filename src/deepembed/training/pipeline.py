@@ -341,8 +341,11 @@ def _final_test(
     gallery: Embeddings | None
     if latest is not None and latest[0] == keeper.best_epoch:
         _, query, gallery = latest
-        metrics = evaluate_embeddings(
-            query, gallery, tuple(config.eval.metrics), config.eval.distance
+        # rank 0 evaluates and the other ranks take its metrics, as in evaluate_model
+        metrics = strategy.broadcast_object(
+            evaluate_embeddings(query, gallery, tuple(config.eval.metrics), config.eval.distance)
+            if strategy.is_main
+            else None
         )
     else:
         strategy.barrier()  # rank 0 has written the model
