@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import typer
 
 from deepembed.errors import UserError
+from deepembed.training.distributed import is_main_process
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -27,7 +28,8 @@ def handle_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except UserError as exc:
-            typer.echo(f"error: {exc}", err=True)
+            if is_main_process():  # under torchrun every rank fails alike: say it once
+                typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)

@@ -8,7 +8,13 @@ from typing import Annotated
 import typer
 from torch.utils.data import Dataset
 
-from deepembed.cli.common import format_metrics, handle_errors, progress_enabled, run_dir_of
+from deepembed.cli.common import (
+    format_metrics,
+    handle_errors,
+    is_main_process,
+    progress_enabled,
+    run_dir_of,
+)
 from deepembed.config import load_config
 from deepembed.data.adapt import Loading
 from deepembed.errors import UserError
@@ -72,6 +78,8 @@ def train(
     result = train_run(
         config, progress=progress_enabled(quiet), overwrite=overwrite, resume=resume is not None
     )
+    if not is_main_process():  # the other ranks of a torchrun launch stay quiet
+        return
     typer.echo(
         format_metrics({k: v for k, v in result.metrics.items() if k in config.eval.metrics})
     )
