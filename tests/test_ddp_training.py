@@ -15,15 +15,12 @@ import math
 import os
 import subprocess
 import sys
-import time
-import traceback
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
-import torch.multiprocessing as mp
 from torch.utils.data import Dataset
 
 from deepembed import losses, miners
@@ -35,7 +32,7 @@ from deepembed.training.distributed import DistributedStrategy, Strategy, is_mai
 from deepembed.training.objective import MetricObjective
 from deepembed.training.trainer import Trainer
 from tests.conftest import TINY_RUN
-from tests.test_distributed import WORLD, _free_port
+from tests.ranks import WORLD, free_port, run_ranks
 
 CLASSES = np.array([3, 11, 12, 20])  # dataset labels, not 0..C-1
 # 48 images, 4 batches of 3 classes x 4 per epoch (2 per rank): ranks' batches share classes
@@ -130,7 +127,7 @@ def _trainer(case: str, sampler: Any, strategy: Strategy) -> tuple[Trainer, _Cap
     return trainer, capture, images
 
 
-def _rank_steps() -> dict[str, Any]:
+def _rank_steps(rank: int) -> dict[str, Any]:
     """One step of this rank's Trainer per case."""
     strategy = DistributedStrategy("cpu")
     out: dict[str, Any] = {"rank": strategy.rank}
@@ -143,42 +140,10 @@ def _rank_steps() -> dict[str, Any]:
     return out
 
 
-def _worker(rank: int, port: int, folder: str) -> None:
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        WORLD_SIZE=str(WORLD),
-        LOCAL_RANK=str(rank),
-    )
-    torch.set_num_threads(1)
-    try:
-        torch.save(_rank_steps(), Path(folder) / f"rank{rank}.pt")
-    except BaseException:
-        (Path(folder) / f"rank{rank}.err").write_text(traceback.format_exc())
-        raise
-
-
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     """`_rank_steps` in 2 spawned processes (one process group); their results by rank."""
-    folder = tmp_path_factory.mktemp("ddp_steps")
-    context = mp.get_context("spawn")
-    port = _free_port()
-    procs = [context.Process(target=_worker, args=(r, port, str(folder))) for r in range(WORLD)]
-    for p in procs:
-        p.start()
-    deadline = time.monotonic() + 120  # a rank stuck in a collective must not hang the suite
-    for p in procs:
-        p.join(max(0.0, deadline - time.monotonic()))
-    for p in procs:
-        if p.is_alive():
-            p.kill()
-            p.join()
-    errors = [e.read_text() for e in sorted(folder.glob("*.err"))]
-    assert not errors, "\n".join(errors)
-    assert all(p.exitcode == 0 for p in procs), [p.exitcode for p in procs]
-    return [torch.load(folder / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+    return run_ranks(_rank_steps, tmp_path_factory.mktemp("ddp_steps"))
 
 
 def _plan() -> list[list[int]]:
@@ -279,7 +244,7 @@ def test_world_size_the_sampler_cannot_serve_is_a_one_line_error(tmp_path: Path)
     ]
     command = [sys.executable, "-m", "deepembed", "train", "configs/mnist30.yaml", *one_batch]
     command += [f"output_dir={tmp_path}", "name=ddp", "train.device=cpu", "-q"]
-    port = str(_free_port())
+    port = str(free_port())
     procs = [
         subprocess.Popen(
             command,

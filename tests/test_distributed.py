@@ -3,20 +3,14 @@ process on the global batch (float64, so gradients must agree to 1e-10)."""
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
 import sys
-import time
-import traceback
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 
 from deepembed import losses
@@ -27,8 +21,8 @@ from deepembed.training.distributed import (
     check_world_size,
     strategy_from_env,
 )
+from tests.ranks import WORLD, run_ranks
 
-WORLD = 2
 BATCH = 8  # global batch; rank r takes rows [r * 4, (r + 1) * 4)
 # each rank holds one sample of each class: every positive pair crosses ranks
 LABELS = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])
@@ -128,48 +122,10 @@ def _checks(rank: int) -> dict[str, Any]:
     return out
 
 
-def _worker(rank: int, port: int, folder: str) -> None:
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        WORLD_SIZE=str(WORLD),
-        LOCAL_RANK=str(rank),
-    )
-    torch.set_num_threads(1)  # two processes on a small machine
-    try:
-        torch.save(_checks(rank), Path(folder) / f"rank{rank}.pt")
-    except BaseException:
-        (Path(folder) / f"rank{rank}.err").write_text(traceback.format_exc())
-        raise
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     """Run `_checks` in 2 spawned processes (one process group); their results by rank."""
-    folder = tmp_path_factory.mktemp("distributed")
-    context = mp.get_context("spawn")
-    port = _free_port()
-    procs = [context.Process(target=_worker, args=(r, port, str(folder))) for r in range(WORLD)]
-    for p in procs:
-        p.start()
-    deadline = time.monotonic() + 120  # a rank stuck in a collective must not hang the suite
-    for p in procs:
-        p.join(max(0.0, deadline - time.monotonic()))
-    for p in procs:
-        if p.is_alive():
-            p.kill()
-            p.join()
-    errors = [e.read_text() for e in sorted(folder.glob("*.err"))]
-    assert not errors, "\n".join(errors)
-    assert all(p.exitcode == 0 for p in procs), [p.exitcode for p in procs]
-    return [torch.load(folder / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+    return run_ranks(_checks, tmp_path_factory.mktemp("distributed"))
 
 
 def _reference(frozen: bool = False) -> dict[str, Any]:
