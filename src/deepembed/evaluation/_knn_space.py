@@ -40,12 +40,9 @@ def _as_matrix(x: ArrayLike, name: str) -> torch.Tensor:
     return t
 
 
-def as_sign_bits(x: ArrayLike, name: str = "codes") -> torch.Tensor:
-    """Binary codes as a (N, bits) float32 tensor of -1/+1.
-
-    Accepts packed codes (uint8 rows from ``np.packbits``, 8 bits per byte, most significant
-    first), or one entry per bit: bool, {0, 1} or {-1, +1} values of any other dtype.
-    """
+def binary_codes(x: ArrayLike, name: str = "codes") -> tuple[np.ndarray, int]:
+    """Validated binary codes and their length in bits: packed uint8 rows as given, any other
+    accepted form as (N, bits) bool rows (see :func:`as_sign_bits` for the forms)."""
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu().numpy()
     arr = np.asarray(x)
@@ -54,22 +51,42 @@ def as_sign_bits(x: ArrayLike, name: str = "codes") -> torch.Tensor:
     if arr.shape[0] == 0:
         raise EvaluationInputError(f"empty {name}: nothing to search")
     if arr.dtype == np.uint8:
-        bits = np.unpackbits(arr, axis=1)  # (N, 8 * bytes) in {0, 1}
-    elif arr.dtype == np.bool_:
+        if arr.shape[1] == 0:
+            raise EvaluationInputError(f"{name} has zero-length codes")
+        return arr, 8 * arr.shape[1]
+    if arr.dtype == np.bool_:
         bits = arr
+    elif _all_in(arr, (0, 1)):  # tested first, as before: all-ones rows read as {0, 1}
+        bits = arr.astype(bool)
+    elif _all_in(arr, (-1, 1)):
+        bits = arr > 0
     else:
         values = np.unique(arr)
-        if np.isin(values, (0, 1)).all():
-            bits = arr
-        elif np.isin(values, (-1, 1)).all():
-            bits = arr > 0
-        else:
-            raise EvaluationInputError(
-                f"hamming distance needs binary codes: {name} must be packed uint8, bool, "
-                f"{{0, 1}} or {{-1, +1}}, found values such as {values[:3].tolist()}"
-            )
+        raise EvaluationInputError(
+            f"hamming distance needs binary codes: {name} must be packed uint8, bool, "
+            f"{{0, 1}} or {{-1, +1}}, found values such as {values[:3].tolist()}"
+        )
     if bits.shape[1] == 0:
         raise EvaluationInputError(f"{name} has zero-length codes")
+    return bits, bits.shape[1]
+
+
+def _all_in(arr: np.ndarray, values: tuple[int, int]) -> bool:
+    """Every entry equals one of two values (one vectorised pass, no sort)."""
+    try:
+        return bool(((arr == values[0]) | (arr == values[1])).all())
+    except TypeError:  # object arrays of non-numbers
+        return False
+
+
+def as_sign_bits(x: ArrayLike, name: str = "codes") -> torch.Tensor:
+    """Binary codes as a (N, bits) float32 tensor of -1/+1.
+
+    Accepts packed codes (uint8 rows from ``np.packbits``, 8 bits per byte, most significant
+    first), or one entry per bit: bool, {0, 1} or {-1, +1} values of any other dtype.
+    """
+    codes, _ = binary_codes(x, name)
+    bits = np.unpackbits(codes, axis=1) if codes.dtype == np.uint8 else codes
     return torch.from_numpy(np.where(np.asarray(bits, bool), 1.0, -1.0).astype(np.float32))
 
 

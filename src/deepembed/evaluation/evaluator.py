@@ -16,8 +16,8 @@ import torch.nn.functional as F
 
 from deepembed.evaluation import metrics as m
 from deepembed.evaluation._knn_space import ArrayLike, EvaluationInputError, as_sign_bits
-from deepembed.evaluation.hashing import hamming_precision, map_hash_at_k
-from deepembed.evaluation.knn import iter_knn
+from deepembed.evaluation.hashing import groups_from_histograms, hamming_precision, map_hash_at_k
+from deepembed.evaluation.knn import _hamming_kernels_apply, _iter_hamming, iter_knn
 from deepembed.evaluation.relevance import Relevance, parse_labels
 from deepembed.evaluation.ties import TieGroups, groups_from_list
 
@@ -205,7 +205,10 @@ def evaluate(
     One exact k-NN search feeds every rank metric, with k the largest K requested (and the
     largest relevant count R for ``r_precision`` / ``map@r``); ``map`` and ``mrr`` also take
     the tie groups of every relevant item from the same pass, and ``hamming_precision@R``
-    the per-distance counts of every Hamming row. Queries with no relevant item in the gallery
+    the per-distance counts of every Hamming row. Hamming codes on CPU (backend "auto" or
+    "torch") take every rank metric from those counts, one tie group per distance, counted
+    by popcount kernels in one pass (lists are searched only for ``knn_accuracy@K``); the
+    values are the same. Queries with no relevant item in the gallery
     are left out of every average and counted. Rank metrics are expected values over random
     orders of tied items (see :data:`METRIC_NAMES`). Clustering metrics
     share one seeded k-means (greedy k-means++, restarts keeping the lowest inertia, see
@@ -270,19 +273,29 @@ def evaluate(
         k = min(k, num_candidates)
         per_query = {name: _rank_metric(name, num_candidates) for name in rank_names}
         sums = dict.fromkeys(rank_names, 0.0)
-        for chunk in iter_knn(
-            query,
-            gallery,
-            k,
-            distance,
-            exclude_self=loo,
-            chunk_size=chunk_size,
-            backend=backend,
-            query_labels=q_codes,
-            gallery_labels=g_codes,
-            full_ranking=any(n in _FULL_RANKING for n in rank_names),
-            histograms=any(_RADIUS.match(n) for n in rank_names),
-        ):
+        kernels = distance == "hamming" and _hamming_kernels_apply(query, gallery, backend)
+        if kernels:
+            # popcount kernels: per-distance counts are every query's whole ranking, one tie
+            # group per distance; lists only for the votes of knn_accuracy@K
+            votes = [int(n.split("@")[1]) for n in rank_names if n.startswith("knn_accuracy@")]
+            chunks = _iter_hamming(
+                query, gallery, max(votes, default=0), loo, chunk_size, q_codes, g_codes, True
+            )
+        else:
+            chunks = iter_knn(
+                query,
+                gallery,
+                k,
+                distance,
+                exclude_self=loo,
+                chunk_size=chunk_size,
+                backend=backend,
+                query_labels=q_codes,
+                gallery_labels=g_codes,
+                full_ranking=any(n in _FULL_RANKING for n in rank_names),
+                histograms=any(_RADIUS.match(n) for n in rank_names),
+            )
+        for chunk in chunks:
             # metric arrays are (rows, k): sub-chunks of ~1M entries keep them small
             step = max(1, _METRIC_BLOCK // max(k, 1))
             for r0 in range(0, len(chunk.indices), step):
@@ -291,17 +304,21 @@ def evaluate(
                 if part.size == 0:
                     continue
                 rows, cols = chunk.start + part, chunk.indices[part]  # (p,), (p, k)
-                groups = groups_from_list(
-                    chunk.distances[part],
-                    relevance.hits(rows, cols),
-                    chunk.tied_beyond[part],
-                    chunk.relevant_tied_beyond[part],
-                )
-                single = not relevance.multi_label
                 counts, rel_counts = chunk.distance_counts, chunk.relevant_distance_counts
+                if kernels:  # the whole ranking, one group per distance
+                    groups = full = groups_from_histograms(counts[part], rel_counts[part])
+                else:
+                    groups = groups_from_list(
+                        chunk.distances[part],
+                        relevance.hits(rows, cols),
+                        chunk.tied_beyond[part],
+                        chunk.relevant_tied_beyond[part],
+                    )
+                    full = chunk.relevant_groups.select(part) if chunk.relevant_groups else groups
+                single = not relevance.multi_label
                 block = _Part(
                     groups,
-                    chunk.relevant_groups.select(part) if chunk.relevant_groups else groups,
+                    full,
                     relevant[rows],
                     g_codes[cols] if single else None,
                     q_codes[rows] if single else None,

@@ -1,11 +1,11 @@
 """Precision@N and precision-recall curves over Hamming radii, as hashing papers plot them.
 
-One exact Hamming pass (``iter_knn(histograms=True)``: chunks of query rows, each row's
-distances to the whole database counted per distance 0..bits and then dropped) gives every
-point: per query, how many database items (and relevant ones) lie at each distance is its
-whole ranking as tie groups, one group per distance. The result is JSON-ready (lists of
-floats, ``None`` where a value is undefined) for a run's metrics.json;
-:func:`deepembed.viz.hashing.plot_hashing_curves` draws it.
+One exact Hamming pass (the popcount kernels of ``_hamming``; ``iter_knn(histograms=True)``
+for tiny sets: chunks of query rows, each row's distances to the whole database counted per
+distance 0..bits and then dropped) gives every point: per query, how many database items
+(and relevant ones) lie at each distance is its whole ranking as tie groups, one group per
+distance. The result is JSON-ready (lists of floats, ``None`` where a value is undefined)
+for a run's metrics.json; :func:`deepembed.viz.hashing.plot_hashing_curves` draws it.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import numpy as np
 from deepembed.evaluation._knn_space import ArrayLike, EvaluationInputError
 from deepembed.evaluation.evaluator import _relevance, _rows
 from deepembed.evaluation.hashing import groups_from_histograms
-from deepembed.evaluation.knn import iter_knn
+from deepembed.evaluation.knn import _hamming_kernels_apply, _iter_hamming, iter_knn
 from deepembed.evaluation.metrics import expected_hits
 
 DEFAULT_NS = (1, 10, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
@@ -99,18 +99,31 @@ def hashing_curves(
     p_at_n = np.zeros(len(ns))
     sums: dict[str, np.ndarray] = {}
     bits = 0
-    for chunk in iter_knn(
-        query_codes,
-        db_codes,
-        1,
-        "hamming",
-        exclude_self=relevance.loo,
-        chunk_size=chunk_size,
-        backend="torch",
-        query_labels=relevance.query,
-        gallery_labels=relevance.gallery,
-        histograms=True,
-    ):
+    if _hamming_kernels_apply(query_codes, db_codes, "torch"):  # the counts, no lists
+        chunks = _iter_hamming(
+            query_codes,
+            db_codes,
+            0,
+            relevance.loo,
+            chunk_size,
+            relevance.query,
+            relevance.gallery,
+            counts=True,
+        )
+    else:
+        chunks = iter_knn(
+            query_codes,
+            db_codes,
+            1,
+            "hamming",
+            exclude_self=relevance.loo,
+            chunk_size=chunk_size,
+            backend="torch",
+            query_labels=relevance.query,
+            gallery_labels=relevance.gallery,
+            histograms=True,
+        )
+    for chunk in chunks:
         rows = chunk.start + np.arange(len(chunk.indices))
         keep = usable[rows]
         counts = chunk.distance_counts[keep]  # (p, bits + 1)
