@@ -15,6 +15,7 @@ from deepembed.evaluation import (
     knn,
     knn_search,
 )
+from deepembed.evaluation import _knn_hamming as knn_hamming
 from deepembed.evaluation import _knn_rows as knn_rows
 from tests.evaluation.hashing_oracle import hamming, oracle_metrics, relevant
 from tests.evaluation.test_hashing_metrics import assert_nested_close, hash_names
@@ -27,7 +28,7 @@ MULTI_RANK = tuple(n for n in RANK if not n.startswith("knn_accuracy"))
 @pytest.fixture
 def kernels(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Force the kernels at every size; counts the searches they serve."""
-    monkeypatch.setattr(knn, "_HAMMING_MIN_PAIRS", 0)
+    monkeypatch.setattr(knn_hamming, "_HAMMING_MIN_PAIRS", 0)
     calls: list[int] = []
     real = _hamming.iter_chunks
 
@@ -42,7 +43,7 @@ def kernels(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 def plain(monkeypatch: pytest.MonkeyPatch, fn, *args, **kwargs):
     """fn(*args, **kwargs) on the plain torch path (kernels off)."""
     with monkeypatch.context() as m:
-        m.setattr(knn, "_HAMMING_KERNELS", False)
+        m.setattr(knn_hamming, "_HAMMING_KERNELS", False)
         return fn(*args, **kwargs)
 
 
@@ -206,13 +207,13 @@ def test_kernels_build_no_distance_rows(monkeypatch, kernels):
 
 def test_routing(monkeypatch):
     x = np.zeros((8, 16), bool)
-    apply = knn._hamming_kernels_apply
-    monkeypatch.setattr(knn, "_HAMMING_MIN_PAIRS", 64)
+    apply = knn_hamming._hamming_kernels_apply
+    monkeypatch.setattr(knn_hamming, "_HAMMING_MIN_PAIRS", 64)
     assert apply(x, None, "auto") and apply(x, x, "torch")
     assert not apply(x[:7], None, "auto")  # 49 pairs: the plain path
     assert not apply(x, None, "faiss")  # faiss keeps its own search
     assert not apply(x, None, "annoy")  # the plain path names the bad backend
-    monkeypatch.setattr(knn, "_HAMMING_KERNELS", False)
+    monkeypatch.setattr(knn_hamming, "_HAMMING_KERNELS", False)
     assert not apply(x, None, "auto")
 
 
@@ -228,7 +229,7 @@ def test_routing(monkeypatch):
 )
 def test_kernel_errors_match(monkeypatch, kernels, query, gallery, kwargs, message):
     for use in (True, False):
-        monkeypatch.setattr(knn, "_HAMMING_KERNELS", use)
+        monkeypatch.setattr(knn_hamming, "_HAMMING_KERNELS", use)
         with pytest.raises(EvaluationInputError, match=message):
             knn_search(query, gallery, 2, distance="hamming", **kwargs)
 

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from deepembed.evaluation import EvaluationInputError, evaluate, knn
+from deepembed.evaluation import _knn_hamming as knn_hamming
 from tests.evaluation.test_hashing_properties import hashing_case
 
 SETTINGS = settings(
@@ -34,17 +35,17 @@ def test_kernels_equal_the_plain_path(case, chunk_size):
     args = (query, q_labels) if leave_one_out else (query, q_labels, db, db_labels)
     kw = {"metrics": names, "distance": "hamming", "chunk_size": chunk_size}
     with pytest.MonkeyPatch.context() as m:
-        m.setattr(knn, "_HAMMING_KERNELS", False)
+        m.setattr(knn_hamming, "_HAMMING_KERNELS", False)
         try:
             want = evaluate(*args, **kw)
         except EvaluationInputError:
             with pytest.raises(EvaluationInputError):
-                m.setattr(knn, "_HAMMING_KERNELS", True)
-                m.setattr(knn, "_HAMMING_MIN_PAIRS", 0)
+                m.setattr(knn_hamming, "_HAMMING_KERNELS", True)
+                m.setattr(knn_hamming, "_HAMMING_MIN_PAIRS", 0)
                 evaluate(*args, **kw)
             return
-        m.setattr(knn, "_HAMMING_KERNELS", True)
-        m.setattr(knn, "_HAMMING_MIN_PAIRS", 0)
+        m.setattr(knn_hamming, "_HAMMING_KERNELS", True)
+        m.setattr(knn_hamming, "_HAMMING_MIN_PAIRS", 0)
         got = evaluate(*args, **kw)
     assert got == pytest.approx(want, abs=1e-12)
 
@@ -73,10 +74,10 @@ def test_kernel_lists_equal_the_plain_path(data):
         "histograms": True,
     }  # fmt: skip
     with pytest.MonkeyPatch.context() as m:
-        m.setattr(knn, "_HAMMING_KERNELS", False)
+        m.setattr(knn_hamming, "_HAMMING_KERNELS", False)
         want = list(knn.iter_knn(query, gallery, k, "hamming", **kw))
-        m.setattr(knn, "_HAMMING_KERNELS", True)
-        m.setattr(knn, "_HAMMING_MIN_PAIRS", 0)
+        m.setattr(knn_hamming, "_HAMMING_KERNELS", True)
+        m.setattr(knn_hamming, "_HAMMING_MIN_PAIRS", 0)
         got = list(knn.iter_knn(query, gallery, k, "hamming", **kw))
     fields = ("distances", "indices", "tied_beyond", "relevant_tied_beyond")
     for field in fields:

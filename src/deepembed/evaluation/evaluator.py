@@ -15,9 +15,10 @@ import torch
 import torch.nn.functional as F
 
 from deepembed.evaluation import metrics as m
+from deepembed.evaluation._knn_hamming import _hamming_kernels_apply, _iter_hamming
 from deepembed.evaluation._knn_space import ArrayLike, EvaluationInputError, as_sign_bits
 from deepembed.evaluation.hashing import groups_from_histograms, hamming_precision, map_hash_at_k
-from deepembed.evaluation.knn import _hamming_kernels_apply, _iter_hamming, iter_knn
+from deepembed.evaluation.knn import iter_knn
 from deepembed.evaluation.relevance import Relevance, parse_labels
 from deepembed.evaluation.ties import TieGroups, groups_from_list
 

@@ -14,10 +14,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from deepembed.evaluation._knn_hamming import _hamming_kernels_apply, _iter_hamming
 from deepembed.evaluation._knn_space import ArrayLike, EvaluationInputError
 from deepembed.evaluation.evaluator import _relevance, _rows
 from deepembed.evaluation.hashing import groups_from_histograms
-from deepembed.evaluation.knn import _hamming_kernels_apply, _iter_hamming, iter_knn
+from deepembed.evaluation.knn import iter_knn
 from deepembed.evaluation.metrics import expected_hits
 
 DEFAULT_NS = (1, 10, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
