@@ -67,9 +67,12 @@ def vectors(index: FaissIndex, given: Any, what: str = "vectors") -> tuple[np.nd
         rows = np.ascontiguousarray(arr, np.float32)
     if not np.isfinite(rows).all():
         raise DataError(f"{what} contain NaN or infinite values (as float32)")
-    if index.metric == "cosine" and len(rows) and not np.linalg.norm(rows, axis=1).all():
+    if index.metric != "cosine":
+        return rows, rows
+    norms = np.linalg.norm(rows, axis=1, keepdims=True)
+    if len(rows) and not norms.all():
         raise DataError(f"{what} contain a zero vector, which has no cosine distance")
-    return prepare_floats(rows, index.metric), rows
+    return rows / norms, rows  # unit rows, as prepare_floats makes them
 
 
 def ids(given: Any, n: int | None) -> np.ndarray:

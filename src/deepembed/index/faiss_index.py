@@ -47,6 +47,8 @@ class FaissIndex:
         self.snapshot_seq: int | None = None  # the change the file on disk reflects
         self._lookup: tuple[np.ndarray, np.ndarray] | None = None  # sorted ids, positions
         self._live_sel: Any = None
+        self._dead: int | None = None  # cached tombstone count
+        self._view: np.ndarray | None = None  # cached IDMap position -> id view
 
     @classmethod
     def create(cls, dim: int, metric: str, spec: str, path: Path | None = None) -> FaissIndex:
@@ -89,7 +91,9 @@ class FaissIndex:
     @property
     def dead(self) -> int:
         """Tombstoned vectors still in the structure."""
-        return 0 if self._live is None else int(len(self._live) - self._live.sum())
+        if self._dead is None:  # cached: searches ask on every call
+            self._dead = 0 if self._live is None else int(len(self._live) - self._live.sum())
+        return self._dead
 
     def __len__(self) -> int:
         return int(self._structure.ntotal) - self.dead
@@ -107,7 +111,13 @@ class FaissIndex:
         return fp.new_structure(self._spec, self.dim, self.metric)
 
     def _changed(self) -> None:
-        self._lookup, self._live_sel = None, None
+        self._lookup, self._live_sel, self._dead, self._view = None, None, None, None
+
+    def _id_view(self) -> np.ndarray:
+        """The IDMap's position -> id view, cached until the structure changes."""
+        if self._view is None:
+            self._view = fp.id_view(self._structure)
+        return self._view
 
     def _insert(self, x: np.ndarray, ids: np.ndarray) -> None:
         """Add prepared rows to the structure (already in the catalogue)."""
@@ -127,7 +137,7 @@ class FaissIndex:
     def _positions(self, ids: np.ndarray) -> np.ndarray:
         """Live positions (in the IDMap) of those of `ids` that are stored."""
         if self._lookup is None:
-            view = fp.id_view(self._structure)
+            view = self._id_view()
             pos = np.arange(len(view)) if self._live is None else np.flatnonzero(self._live)
             order = np.argsort(view[pos], kind="stable")
             self._lookup = view[pos][order], pos[order]
@@ -292,14 +302,16 @@ class FaissIndex:
         if spec.native_ids:
             sel = None if subset is None else fp.batch_selector(subset)
             raw, ids = fp.faiss_search(structure, x, k, fp.search_params(spec, params, sel))
-        elif subset is None and not self.dead:
-            raw, ids = fp.faiss_search(structure, x, k, fp.search_params(spec, params))
-        elif subset is None and spec.family == "hash":
+        elif subset is None and self.dead and spec.family == "hash":
             raw, ids = self._overfetch(x, k)
         else:
-            sel = self._live_selector() if subset is None else self._subset_selector(subset)
+            # the IDMap's inner index, positions mapped to ids here: IndexIDMap.search adds an
+            # OpenMP region of its own, which cost ~6 ms a query on a busy 2-core machine
+            sel = None
+            if subset is not None or self.dead:
+                sel = self._live_selector() if subset is None else self._subset_selector(subset)
             raw, pos = fp.faiss_search(structure.index, x, k, fp.search_params(spec, params, sel))
-            ids = np.where(pos >= 0, fp.id_view(structure)[np.maximum(pos, 0)], -1)
+            ids = np.where(pos >= 0, self._id_view()[np.maximum(pos, 0)], -1)
         if subset is not None:  # an approximate search may come back short: exact for those
             short = (ids >= 0).sum(1) < min(k, len(subset))
             if short.any():
@@ -325,7 +337,7 @@ class FaissIndex:
         keep = (pos >= 0) & self._live[np.maximum(pos, 0)]
         order = np.argsort(~keep, axis=1, kind="stable")[:, :k]  # live first, in rank order
         raw, pos, keep = (np.take_along_axis(a, order, 1) for a in (raw, pos, keep))
-        ids = np.where(keep, fp.id_view(self._structure)[np.maximum(pos, 0)], -1)
+        ids = np.where(keep, self._id_view()[np.maximum(pos, 0)], -1)
         if ids.shape[1] < k:
             pad = k - ids.shape[1]
             raw = np.pad(raw, ((0, 0), (0, pad)))
