@@ -149,3 +149,18 @@ def test_tune_stores_the_fastest_setting_or_says_none_reaches(run: Path) -> None
     assert index.open(run / "pq").params == {"nprobe": 16}
     assert invoke("index", "build", run, "--out", run / "flat")[0] == 0
     assert "no search parameters to tune" in invoke("index", "tune", run / "flat")[1]
+
+
+def test_tune_on_held_out_queries(run: Path) -> None:
+    assert invoke("index", "build", run, "--spec", "HNSW8", "--metric", "euclidean")[0] == 0
+    Embeddings(clustered(60, 8, seed=4), np.zeros(60, int), np.arange(60)).save(run / "q.npz")
+    code, output = invoke(
+        "index", "tune", run / "index", "--recall", "0.9", "--queries", run / "q.npz"
+    )
+    assert code == 0 and 'stored {"efSearch": ' in output, output
+    Embeddings(clustered(60, 4), np.zeros(60, int), np.arange(60)).save(run / "q4.npz")
+    before = index.open(run / "index").params
+    assert_user_error(
+        *invoke("index", "tune", run / "index", "--queries", run / "q4.npz"), "(n, 8)"
+    )
+    assert index.open(run / "index").params == before

@@ -180,12 +180,25 @@ def tune(
     index: Annotated[Path, typer.Argument(help="Index directory.")],
     recall: Annotated[float, typer.Option(help="recall@10 target.")] = 0.95,
     sample: Annotated[int, typer.Option(help="Gallery items used as held-out queries.")] = 500,
+    queries: Annotated[
+        Path | None,
+        typer.Option(
+            help="Embeddings (.npz from `embed`) of queries from outside the gallery, instead "
+            "of a gallery sample (which overestimates HNSW's recall)."
+        ),
+    ] = None,
 ) -> None:
     """Find and store the fastest search parameters reaching the recall@10 target."""
     from deepembed.index.tune import tune as run_tune
 
     opened = index_lib.open(index)
-    result = run_tune(opened, recall, 10, sample)  # type: ignore[arg-type]
+    held_out = None
+    if queries is not None:
+        loaded = Embeddings.load(queries)
+        held_out = loaded.codes if opened.binary else loaded.vectors
+        if held_out is None:
+            raise DataError(f"{queries} holds no {'codes' if opened.binary else 'vectors'}")
+    result = run_tune(opened, recall, 10, sample, queries=held_out)  # type: ignore[arg-type]
     if not result.trials:
         typer.echo(f"{opened.spec} has no search parameters to tune (exact or fixed)")
         return

@@ -20,8 +20,9 @@ import numpy as np
 from deepembed.errors import DataError, ModelFormatError
 from deepembed.index.catalogue import FILE as CATALOGUE
 from deepembed.index.catalogue import Catalogue
-from deepembed.index.faiss_index import FaissIndex, StaleSnapshotError
+from deepembed.index.faiss_index import FaissIndex
 from deepembed.index.faiss_parts import deserialize
+from deepembed.index.snapshot import StaleSnapshotError
 from deepembed.io import atomic_dir, atomic_write, load_npz, problem, reading, write_json
 
 log = logging.getLogger(__name__)
