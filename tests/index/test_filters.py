@@ -8,7 +8,8 @@ import pytest
 
 from deepembed import index
 from deepembed.errors import DataError
-from tests.index.conftest import clustered, exact_top
+from deepembed.index import faiss_parts as fp
+from tests.index.conftest import clustered, exact_top, recall
 
 N, DIM, K = 1200, 8, 10
 COLORS = ["red", "green", "blue", "black"]
@@ -83,8 +84,12 @@ APPROXIMATE = [
 ]
 
 
+@pytest.mark.parametrize("exact_subset", [0, fp.EXACT_SUBSET], ids=["selector", "small-exact"])
 @pytest.mark.parametrize(("spec", "params"), APPROXIMATE, ids=[s[0] for s in APPROXIMATE])
-def test_k_results_whenever_k_items_match(gallery: tuple, spec: str, params: dict) -> None:
+def test_k_results_whenever_k_items_match(
+    gallery: tuple, spec: str, params: dict, exact_subset: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(fp, "EXACT_SUBSET", exact_subset)  # 0: faiss's selector path
     vectors, ids, labels, queries = gallery
     binary = spec.startswith("B")
     data = np.packbits(vectors > 0, axis=1) if binary else vectors  # 8 bits: padded to 4 bytes
@@ -118,3 +123,48 @@ def test_filter_edge_cases(gallery: tuple) -> None:
         d, found = idx.search(queries, K, filters=nothing)
         assert (found == -1).all() and np.isinf(d).all()
     assert (idx.search(queries, K, filters={})[1] >= 0).all()  # no filter
+
+
+@pytest.mark.parametrize("spec", ["IVF16,PQ4", "HNSW8"])
+def test_small_subsets_are_searched_exactly(gallery: tuple, spec: str) -> None:
+    vectors, ids, labels, queries = gallery
+    idx = index.create(DIM, "euclidean", spec)
+    idx.train(vectors)
+    idx.add(vectors, ids, labels)
+    keep = labels < 30  # ~360 items, under EXACT_SUBSET: the answer of exact search
+    want = exact_top(vectors[keep], ids[keep], queries, K, "euclidean")
+    params = {"nprobe": 1} if spec.startswith("IVF") else {"efSearch": 16}
+    d, found = idx.search(queries, K, filters={"label": list(range(30))}, params=params)
+    assert np.array_equal(found, want[1]) and np.allclose(d, want[0], atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("spec", "params"), [("IVF32,Flat", {"nprobe": 1}), ("HNSW16", {"efSearch": 40})]
+)
+def test_large_subsets_widen_the_search(
+    spec: str, params: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A filter keeping 10%: nprobe / efSearch scaled by 10 keep recall near the unfiltered
+    one; without the widening (patched out) it drops."""
+    monkeypatch.setattr(fp, "EXACT_SUBSET", 0)
+    vectors, queries = clustered(4000, 16, clusters=100), clustered(50, 16, seed=9, clusters=100)
+    ids, labels = np.arange(4000), np.arange(4000) % 10
+    idx = index.create(16, "euclidean", spec)
+    idx.train(vectors)
+    idx.add(vectors, ids, labels)
+    truth = exact_top(vectors[labels == 0], ids[labels == 0], queries, K, "euclidean")[1]
+    widened = recall(idx.search(queries, K, filters={"label": 0}, params=params)[1], truth)
+    monkeypatch.setattr(fp, "widened", lambda spec, params, share: params)
+    plain = recall(idx.search(queries, K, filters={"label": 0}, params=params)[1], truth)
+    assert widened >= 0.9 and widened > plain + 0.1, (widened, plain)
+
+
+def test_widened_parameters() -> None:
+    from deepembed.index.specs import parse_spec
+
+    ivf = parse_spec("IVF100_HNSW8,Flat")
+    assert fp.widened(ivf, {"nprobe": 8, "efSearch": 64}, 0.1) == {"nprobe": 80, "efSearch": 64}
+    assert fp.widened(ivf, {"nprobe": 8, "efSearch": 64}, 0.01)["nprobe"] == 100  # all lists
+    hnsw = parse_spec("HNSW32")
+    assert fp.widened(hnsw, {"efSearch": 64}, 0.5) == {"efSearch": 128}
+    assert fp.widened(hnsw, {"efSearch": 64}, 0.001) == {"efSearch": fp.MAX_EF_SEARCH}

@@ -9,7 +9,9 @@ Conventions shared by every backend:
   inner_product minus the dot product, euclidean the L2 norm, hamming differing bits (as
   float32). Where fewer than k results exist the row is padded with id -1 and distance inf;
 - filters: {"label": [3, 7], "color": "red"} (see `deepembed.index.filters`); a filtered
-  search returns min(k, number of matching items) results;
+  search returns min(k, number of matching items) results. On approximate indexes a
+  matching subset of up to 20,000 items is searched exactly, a larger one with nprobe /
+  efSearch divided by the share of items it keeps (`faiss_parts.widened`);
 - params: search parameters (nprobe, efSearch, k_factor, as the spec takes), per index with
   `set_params` (persisted) or per query with `params=`.
 """

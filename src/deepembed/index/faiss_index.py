@@ -281,8 +281,10 @@ class FaissIndex:
         structure, spec = self._structure, self._spec
         if len(self) == 0 or (subset is not None and len(subset) == 0):
             return np.zeros((len(x), k), np.float32), np.full((len(x), k), -1, np.int64)
-        if subset is not None and not spec.selects:
-            return self._exact(x, k, subset)  # BIVF / BHash: no selector in faiss
+        if subset is not None and spec.family != "flat":
+            if not spec.selects or len(subset) <= fp.EXACT_SUBSET:  # BIVF / BHash: no selector
+                return self._exact(x, k, subset)
+            params = fp.widened(spec, params, len(subset) / len(self))
         if spec.native_ids:
             sel = None if subset is None else fp.batch_selector(subset)
             raw, ids = fp.faiss_search(structure, x, k, self._search_params(params, sel))

@@ -121,6 +121,25 @@ def search_params(spec: Spec, params: dict[str, Any], sel: Any = None) -> Any:
     return flat
 
 
+# Filtered searches on approximate indexes: a subset up to this size is searched exactly
+# (its vectors from the catalogue: ~10 MB at 128-d); a larger one widens the search by the
+# share of items it keeps, as vector databases do with their "full scan" thresholds.
+EXACT_SUBSET = 20_000
+MAX_EF_SEARCH = 4096
+
+
+def widened(spec: Spec, params: dict[str, Any], share: float) -> dict[str, Any]:
+    """Search parameters for a filtered search that keeps `share` (0, 1] of the items: an
+    IVF probes nprobe / share lists and an HNSW graph explores efSearch / share candidates
+    (capped), so that about as many matching candidates are seen as without a filter."""
+    out = dict(params)
+    if "nprobe" in out:
+        out["nprobe"] = min(spec.nlist, int(np.ceil(out["nprobe"] / share)))
+    if spec.family == "hnsw":  # not an IVF's HNSW quantizer: its lists are what is widened
+        out["efSearch"] = min(MAX_EF_SEARCH, int(np.ceil(out["efSearch"] / share)))
+    return out
+
+
 def batch_selector(ids: np.ndarray) -> Any:
     """Selects the given ids (or positions); a hash set, O(1) per test."""
     return faiss.IDSelectorBatch(np.ascontiguousarray(ids, np.int64))
