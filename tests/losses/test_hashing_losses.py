@@ -199,14 +199,17 @@ def all_triplets(labels: torch.Tensor) -> list[tuple[int, int, int]]:
 def dtsh_oracle(
     u: torch.Tensor, triplets: list[tuple[int, int, int]], alpha: float, lambda_: float
 ) -> torch.Tensor:
-    """Wang et al. 2016: -(x - log(1 + e^x)), x = theta_qi - theta_qj - alpha;
-    + lambda ||u - b||^2."""
-    terms = []
+    """Wang et al. 2016: the sum over triplets of -(x - log(1 + e^x)), x = theta_qi -
+    theta_qj - alpha, + lambda * the sum over their items of ||u - b||^2; divided by the
+    number of triplets (a mean of each sum instead would change the paper's balance)."""
+    total = 0.0
     for q, i, j in triplets:
         x = 0.5 * dot(u, q, i) - 0.5 * dot(u, q, j) - alpha
-        terms.append(-(x - torch.log(1 + torch.exp(x))))
+        total = total - (x - torch.log(1 + torch.exp(x)))
     items = sorted({t for triplet in triplets for t in triplet})
-    return mean(terms) + lambda_ * mean([sign_error(u, i) for i in items])
+    for i in items:
+        total = total + lambda_ * sign_error(u, i)
+    return total / len(triplets)
 
 
 def item_center(
