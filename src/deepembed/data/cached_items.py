@@ -12,6 +12,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
+from deepembed.data.datasets import item_label
 from deepembed.data.images import ScanReport, SkipLog
 from deepembed.data.preprocess import Preprocess
 
@@ -104,13 +105,14 @@ class CachedImageDataset(Dataset):
         image = Image.fromarray(base[0] if len(base) == 1 else base.transpose(1, 2, 0))
         return to_chw(self._augment(image))
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int | torch.Tensor]:
         row = int(self.rows[index])
         pixels = self._train_pixels(row) if self.augmented else self._eval_pixels(row)
-        return _to_float(pixels), int(self.labels[index])
+        return _to_float(pixels), item_label(self.labels, index)
 
     def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """A whole batch: ((B, C, H, W) float, (B,) int64); eval rows in one memmap read."""
+        """A whole batch: ((B, C, H, W) float, (B,) int64 or (B, C) multi-label rows); eval
+        rows in one memmap read."""
         indices = np.asarray(indices, dtype=np.int64)
         labels = torch.from_numpy(self.labels[indices])
         if self.augmented:

@@ -1,5 +1,9 @@
 """Datasets: items are (image (C, H, W) float in [0, 1], label).
 
+A label is a class id; an image-file dataset read from multi-label rows (a CSV with a
+`path,labels` header) has a (N, C) 0/1 label matrix instead, and its items carry their (C,)
+row (`item_label`), which `collate` stacks into (B, C).
+
 Two kinds share one interface (`labels`, `class_names`, `ids`, `__len__`, `__getitem__`,
 `subset`, `image_shape`): small datasets held once in memory as uint8 (MNIST family, CIFAR),
 and image-file datasets that hold only paths and decode per item in the loader's workers
@@ -27,6 +31,19 @@ from deepembed.data.images import (
 from deepembed.errors import DataError
 
 log = logging.getLogger(__name__)
+
+
+def item_label(labels: np.ndarray, index: int) -> int | torch.Tensor:
+    """Item `index`'s label: its class id, or its (C,) int64 row of a multi-label matrix."""
+    if labels.ndim == 1:
+        return int(labels[index])
+    return torch.from_numpy(np.array(labels[index], np.int64))
+
+
+def same_label_rows(labels: np.ndarray, index: int) -> np.ndarray:
+    """The rows (ascending) whose label, or whole multi-label row, equals item `index`'s."""
+    same = labels == labels[index]
+    return np.flatnonzero(same if labels.ndim == 1 else same.all(1))
 
 
 class TensorImageDataset(Dataset):
@@ -142,8 +159,8 @@ class ImageFileDataset(Dataset):
             return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).float() / 255.0
         return self.transform(image)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        label = int(self.labels[index])
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int | torch.Tensor]:
+        label = item_label(self.labels, index)
         try:
             return self._decode(index), label
         except DataError as exc:
@@ -151,7 +168,7 @@ class ImageFileDataset(Dataset):
                 raise
             self._skip(index, exc)
         # skip: walk the class's other rows (cyclically) to a readable one
-        rows = np.flatnonzero(self.labels == label)
+        rows = same_label_rows(self.labels, index)
         start = int(np.searchsorted(rows, index))
         for row in np.roll(rows, -start):
             if int(row) in self._bad:
@@ -234,8 +251,11 @@ class ImageFileDataset(Dataset):
 
 
 def collate(batch: object) -> tuple[torch.Tensor, torch.Tensor]:
-    """Collate for DataLoader: batches from __getitems__ pass through; item lists are stacked."""
+    """Collate for DataLoader: batches from __getitems__ pass through; item lists are stacked
+    (labels into (B,) class ids, or (B, C) rows of a multi-label matrix)."""
     if isinstance(batch, tuple):
         return batch  # type: ignore[return-value]
     images, labels = zip(*batch, strict=True)  # type: ignore[call-overload]
+    if labels and isinstance(labels[0], torch.Tensor):
+        return torch.stack(images), torch.stack(labels).long()
     return torch.stack(images), torch.as_tensor(labels, dtype=torch.long)

@@ -306,12 +306,16 @@ def splits_of(name: str, root: str) -> tuple[str, ...]:
 def split_info(dataset: Any, full: bool = False) -> dict[str, Any]:
     """Counts of one opened split and the problems found in it."""
     labels = np.asarray(dataset.labels)
-    _, per_class = np.unique(labels, return_counts=True)
+    if labels.ndim == 2:  # multi-label rows: images carrying each label
+        per_class = labels.sum(0)[labels.sum(0) > 0]
+    else:
+        per_class = np.unique(labels, return_counts=True)[1]
+    classes = len(per_class)
     if len(per_class) == 0:
         per_class = np.zeros(1, dtype=np.int64)
     info: dict[str, Any] = {
         "images": len(labels),
-        "classes": len(np.unique(labels)),
+        "classes": classes,
         "images_per_class": {
             "min": int(per_class.min()),
             "median": float(np.median(per_class)),
