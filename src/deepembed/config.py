@@ -26,6 +26,9 @@ def require(ok: bool, key: str, rule: str, value: Any) -> None:
         raise ConfigError(f"{key} must be {rule}, got {value!r}")
 
 
+SAMPLER_KINDS = ("pk", "random")
+
+
 @dataclass
 class DataConfig:
     """Which dataset, where, and how much of it."""
@@ -77,8 +80,10 @@ class DataConfig:
 
 @dataclass
 class SamplerConfig:
-    """P classes x K images per batch."""
+    """P classes x K images per batch ("pk"), or shuffled batches of P x K images without
+    class structure ("random", for multi-label data)."""
 
+    kind: str = "pk"  # pk | random
     classes_per_batch: int = 32
     images_per_class: int = 8
     small_classes: str = "repeat"  # classes with < K images: repeat (draw again) | drop
@@ -86,6 +91,7 @@ class SamplerConfig:
 
     def __post_init__(self) -> None:
         p, k, supers = self.classes_per_batch, self.images_per_class, self.super_classes_per_batch
+        require(self.kind in SAMPLER_KINDS, "sampler.kind", " or ".join(SAMPLER_KINDS), self.kind)
         require(p >= 2, "sampler.classes_per_batch", ">= 2", p)
         require(k >= 1, "sampler.images_per_class", ">= 1", k)
         require(supers >= 0, "sampler.super_classes_per_batch", ">= 0", supers)

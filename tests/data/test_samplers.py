@@ -5,7 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from deepembed.data.samplers import DistributedPKSampler, HierarchicalPKSampler, PKSampler
+from deepembed.data.samplers import (
+    DistributedPKSampler,
+    HierarchicalPKSampler,
+    PKSampler,
+    RandomBatchSampler,
+)
 from deepembed.errors import ConfigError
 
 
@@ -141,3 +146,27 @@ def test_hierarchical_rejects_inconsistent_super_labels() -> None:
         HierarchicalPKSampler(labels, labels // 2, 3, 2, 2)
     with pytest.raises(ConfigError, match="needs >= 2 super-classes of >= 2 classes"):
         HierarchicalPKSampler(labels, np.array([0, 0, 0, 0, 0, 0, 1, 1]), 4, 2, 2)
+
+
+def test_random_batches_cover_every_image_once_with_distinct_topped_up_batches() -> None:
+    sampler = RandomBatchSampler(23, 5, seed=3)
+    batches = list(sampler)
+    assert len(batches) == len(sampler) == 5
+    assert all(len(b) == 5 and len(set(b)) == 5 for b in batches)
+    seen = np.concatenate(batches)
+    assert set(seen.tolist()) == set(range(23)) and len(seen) == 25  # 2 top-ups in the last
+    assert batches == list(RandomBatchSampler(23, 5, seed=3))  # (seed, epoch) decides
+    sampler.set_epoch(1)
+    assert list(sampler) != batches
+
+
+def test_random_batches_are_shared_out_over_ranks() -> None:
+    whole = RandomBatchSampler(40, 4, seed=0, world_size=3).plan(0)  # 10 batches -> 12
+    parts = [list(RandomBatchSampler(40, 4, seed=0, rank=r, world_size=3)) for r in range(3)]
+    assert len({len(p) for p in parts}) == 1 and sum(map(len, parts)) == len(whole) == 12
+    assert sorted(b for p in parts for b in p) == sorted(whole)
+
+
+def test_random_batches_larger_than_the_training_set_are_refused() -> None:
+    with pytest.raises(ConfigError, match="at most the 3 training images"):
+        RandomBatchSampler(3, 4)

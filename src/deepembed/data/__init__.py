@@ -11,7 +11,7 @@
 | sop | Ebay_train.txt, Ebay_test.txt | train, test (+ super_labels) |
 | inshop | Eval/list_eval_partition.txt, img/ | train, query, gallery |
 | folder | root/<class>/... or root/<split>/<class>/... | split folders, else class halves |
-| csv | path,label[,split] | split column, else class halves |
+| csv | path,label[,split]; path,labels,split (multi-label) | split column, else class halves |
 | emoji | rendered once from 2 Debian packages; no root | train, test (+ super_labels, names) |
 
 In-memory datasets (MNIST family, CIFAR) are TensorImageDataset; the others are lazy
@@ -29,7 +29,12 @@ from PIL import Image
 
 from deepembed.data.datasets import ImageFileDataset, TensorImageDataset, collate
 from deepembed.data.images import MAX_IMAGE_PIXELS, SkipLog
-from deepembed.data.samplers import DistributedPKSampler, HierarchicalPKSampler, PKSampler
+from deepembed.data.samplers import (
+    DistributedPKSampler,
+    HierarchicalPKSampler,
+    PKSampler,
+    RandomBatchSampler,
+)
 from deepembed.data.sources.cars import open_cars
 from deepembed.data.sources.cifar import open_cifar
 from deepembed.data.sources.common import FileOptions
@@ -133,6 +138,7 @@ __all__ = [
     "HierarchicalPKSampler",
     "ImageFileDataset",
     "PKSampler",
+    "RandomBatchSampler",
     "SkipLog",
     "TensorImageDataset",
     "build_transforms",

@@ -15,6 +15,9 @@ replacement up to K; "drop" leaves them out of training. The plan depends only o
 (seed, epoch): `set_epoch` changes it; every rank of a distributed run computes the same plan
 and takes every world_size-th batch (B is rounded up to a multiple of world_size, so all ranks
 get the same number of batches and no batch is given to two ranks).
+
+`RandomBatchSampler` has no class structure: shuffled batches of a fixed size, for data
+whose items carry several labels (a multi-label matrix has no classes to pick P of).
 """
 
 from __future__ import annotations
@@ -289,3 +292,53 @@ class HierarchicalPKSampler(_PlannedSampler):
                 parts += self._random_chunks(self.groups[g], self.p_sub, rng)
             batches.append(np.concatenate(parts).tolist())
         return batches
+
+
+class RandomBatchSampler(Sampler[list[int]]):
+    """Shuffled batches of `batch_size` distinct images, every image once per epoch.
+
+    The epoch's permutation (seeded by (seed, epoch)) is cut into ceil(N / batch_size)
+    batches, rounded up to a multiple of world_size; the batches short of `batch_size` are
+    topped up with images drawn from the rest, so every batch has the same size. Each rank
+    takes every world_size-th batch, as the P x K samplers do.
+    """
+
+    def __init__(
+        self, n_items: int, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1
+    ) -> None:
+        if batch_size < 2 or n_items < batch_size:
+            raise ConfigError(
+                f"random batches of {batch_size} images (sampler.classes_per_batch x "
+                f"images_per_class) need >= 2 per batch and at most the {n_items} training images"
+            )
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ConfigError(f"sampler: rank {rank} is not in [0, world_size={world_size})")
+        self.n, self.batch_size, self.seed, self.epoch = n_items, batch_size, seed, 0
+        self.rank, self.world_size = rank, world_size
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use a different (still deterministic) permutation for each epoch."""
+        self.epoch = epoch
+
+    def _total(self) -> int:
+        return _n_batches([1] * self.n, self.batch_size, self.world_size)
+
+    def plan(self, epoch: int) -> list[list[int]]:
+        """Every batch of the epoch, for all ranks."""
+        rng = np.random.default_rng([self.seed, epoch])
+        order = rng.permutation(self.n)
+        batches = []
+        for b in range(self._total()):
+            batch = order[b * self.batch_size : (b + 1) * self.batch_size]
+            pad = self.batch_size - len(batch)
+            if pad:
+                rest = np.setdiff1d(np.arange(self.n), batch)
+                batch = np.concatenate([batch, rng.choice(rest, pad, replace=False)])
+            batches.append(batch.tolist())
+        return batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        yield from self.plan(self.epoch)[self.rank :: self.world_size]
+
+    def __len__(self) -> int:
+        return self._total() // self.world_size

@@ -17,6 +17,7 @@ from torch.optim import Adam
 from deepembed import data, losses
 from deepembed.config import RunConfig
 from deepembed.data.adapt import Loading, for_model
+from deepembed.data.labels import is_multi_label, require_class_ids
 from deepembed.data.preprocess import Preprocess
 from deepembed.data.splits import per_class_holdout
 from deepembed.errors import ConfigError, DataError, UserError
@@ -143,17 +144,23 @@ def open_split(config: RunConfig, split: str) -> data.Dataset:
 
 def open_hashing_splits(config: RunConfig) -> Splits:
     """data.protocol=hashing: the dataset's own train/query/database splits where it has
-    them (cifar*_hash*, a CSV whose split column says train/query/database), else the
-    seen-class protocol drawn from all its items (`data.splits.hashing_split`)."""
+    them (cifar*_hash*, a CSV whose split column says train/query/database; validation: the
+    CSV's val rows, else data.hash_val_per_class per class of train), else the seen-class
+    protocol drawn from all its items (`data.splits.hashing_split`)."""
     d, seed = config.data, config.train.seed
     if data.eval_splits(d.name) == ("query", "database") or _has_split(config, "database"):
         train, query, database = (open_split(config, s) for s in ("train", "query", "database"))
         val = None
-        if d.hash_val_per_class:
+        if _has_split(config, "val"):  # a CSV's own validation rows (multi-label data)
+            val = open_split(config, "val")
+        elif d.hash_val_per_class:
+            require_class_ids(train, "data.hash_val_per_class")
             train, val = per_class_holdout(train, d.hash_val_per_class, seed)
         return Splits(train, val, query, database)
+    everything = open_split(config, "all")
+    require_class_ids(everything, "data.protocol=hashing without query/database splits")
     parts = data.hashing_split(
-        open_split(config, "all"),
+        everything,
         d.hash_query_per_class,
         d.hash_train_per_class,
         d.hash_val_per_class,
@@ -181,6 +188,12 @@ def open_splits(config: RunConfig) -> Splits:
         return open_hashing_splits(config)
     train_set = open_split(config, "train")
     val_set = None
+    for key, value in (
+        ("data.val_classes", d.val_classes),
+        ("data.train_per_class", d.train_per_class),
+    ):
+        if value > 0:
+            require_class_ids(train_set, key)
     if d.val_classes > 0:
         train_set, val_set = data.validation_split(train_set, d.val_classes, config.train.seed)
         val_set = cap_per_class(val_set, d.val_per_class, config.train.seed)
@@ -214,10 +227,19 @@ def adapt_splits(
 
 def make_sampler(
     config: RunConfig, train_set: data.Dataset, rank: int = 0, world_size: int = 1
-) -> data.PKSampler:
-    """P x K batches over the training set (within super-classes when configured); in a
-    distributed run, this rank's share of every epoch's batches."""
+) -> data.PKSampler | data.RandomBatchSampler:
+    """P x K batches over the training set (within super-classes when configured), or
+    shuffled batches of P x K images (sampler.kind=random, the one for multi-label data); in
+    a distributed run, this rank's share of every epoch's batches."""
     s = config.sampler
+    if s.kind == "random":
+        size = s.classes_per_batch * s.images_per_class
+        return data.RandomBatchSampler(len(train_set), size, config.train.seed, rank, world_size)
+    if is_multi_label(train_set):
+        raise ConfigError(
+            "sampler.kind='pk' draws P classes x K images, but the training set has multi-label "
+            "rows: use sampler.kind=random (shuffled batches of P x K images)"
+        )
     if s.super_classes_per_batch > 0:
         super_labels = getattr(train_set, "super_labels", None)
         if super_labels is None:

@@ -30,7 +30,8 @@ def check_objective(config: RunConfig) -> None:
         miners.MINERS.get(miner_name) if miner_name else None  # type: ignore[assignment]
     )
     per_class = config.sampler.images_per_class
-    if per_class < 2 and not loss_cls.needs_classes and config.loss.memory_size == 0:
+    pk = config.sampler.kind == "pk"  # random batches: pairs wherever labels meet
+    if pk and per_class < 2 and not loss_cls.needs_classes and config.loss.memory_size == 0:
         raise ConfigError(
             f"sampler.images_per_class={per_class} gives batches without positive pairs, "
             f"which loss.name={loss_name!r} learns from; use sampler.images_per_class >= 2"
@@ -78,6 +79,33 @@ def check_head(config: RunConfig, loss_cls: type[MetricLoss]) -> None:
             f"model.head='hash' gives binary codes but loss.name={name!r} is a float metric "
             f"loss: use a hashing loss ({', '.join(hashing)}) or push it to codes with "
             f"loss.quantization_weight > 0"
+        )
+
+
+def multi_label_losses() -> list[str]:
+    """Names of the registered losses that take multi-label (B, C) 0/1 label rows."""
+    return [n for n in losses.names() if getattr(losses.LOSSES.get(n), "multi_label", False)]
+
+
+def check_multi_label(config: RunConfig) -> None:
+    """ConfigError unless the objective can train on multi-label rows: a loss that takes
+    them (similar = sharing a label), no miner and no cross-batch memory (both compare
+    class ids)."""
+    name = config.loss.name
+    if not getattr(losses.LOSSES.get(name), "multi_label", False):
+        raise ConfigError(
+            f"loss.name={name!r} takes one class per image, but the training set has "
+            f"multi-label rows: use one of {', '.join(multi_label_losses())}"
+        )
+    if config.miner.name:
+        raise ConfigError(
+            f"miner.name={config.miner.name!r} mines by class id; with multi-label rows use "
+            "miner.name='' (every pair or triplet of the batch)"
+        )
+    if config.loss.memory_size > 0:
+        raise ConfigError(
+            "loss.memory_size (cross-batch memory) keeps class ids; it cannot take "
+            "multi-label rows: use loss.memory_size=0"
         )
 
 
@@ -145,7 +173,9 @@ class MetricObjective(nn.Module):
         embeddings = trainer.encode(images)  # (B, D)
         if embeddings.dtype in (torch.float16, torch.bfloat16):
             embeddings = embeddings.float()  # autocast output: the loss runs in float32
-        labels = torch.searchsorted(self.class_index, labels.to(embeddings.device))  # (B,)
+        labels = labels.to(embeddings.device)
+        if labels.ndim == 1:  # class ids -> 0..C-1; multi-label (B, C) rows stay as they are
+            labels = torch.searchsorted(self.class_index, labels)  # (B,)
         strategy = trainer.strategy
         embeddings, labels = strategy.gather(embeddings), strategy.gather(labels)  # (N*B, ...)
         mined = self.miner(embeddings, labels) if self.miner is not None else None

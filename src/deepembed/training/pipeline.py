@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from deepembed import data
 from deepembed.config import RunConfig, load_config, save_config, to_dict
+from deepembed.data.labels import is_multi_label
 from deepembed.data.transforms import train_augmentation
 from deepembed.errors import ConfigError
 from deepembed.evaluation import hashing_curves
@@ -59,7 +60,7 @@ from deepembed.training.checkpoint import (
 from deepembed.training.distributed import Strategy, check_world_size, strategy_from_env
 from deepembed.training.frozen import frozen_bank
 from deepembed.training.logs import MetricsLogger, TensorBoardLogger
-from deepembed.training.objective import MetricObjective, build_objective
+from deepembed.training.objective import MetricObjective, build_objective, check_multi_label
 from deepembed.training.rundir import (
     SkipReporter,
     attach_skip_log,
@@ -109,12 +110,19 @@ def prepare(config: RunConfig, strategy: Strategy | None = None) -> Prepared:
         )
     seed_everything(config.train.seed)
     splits = open_splits(config)
+    if is_multi_label(splits.train):
+        check_multi_label(config)
     model = build_model(config, splits.train).to(strategy.device)
     if strategy.world_size > 1:  # the batches of one epoch, before rounding up for ranks
         check_world_size(len(make_sampler(config, splits.train)), strategy.world_size)
     sampler = make_sampler(config, splits.train, strategy.rank, strategy.world_size)
-    # dataset labels -> contiguous class indices 0..C-1 (class-parameter losses index by them)
-    class_index = torch.as_tensor(np.unique(splits.train.labels), device=strategy.device)
+    # dataset labels -> contiguous class indices 0..C-1 (class-parameter losses index by them);
+    # a multi-label matrix's columns are its classes already
+    labels = np.asarray(splits.train.labels)
+    if labels.ndim == 2:
+        class_index = torch.arange(labels.shape[1], device=strategy.device)
+    else:
+        class_index = torch.as_tensor(np.unique(labels), device=strategy.device)
     loss_fn, miner = build_objective(
         config, len(class_index), model.embedding_dim, total_steps(config, sampler)
     )
