@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from deepembed import data
 from deepembed.cli.main import app
 from deepembed.cli.model import create_model
+from deepembed.data.prepare import split_info
 from deepembed.errors import DataError
 from deepembed.inference import embed_split
 from deepembed.models.embedder import Embedder
@@ -97,3 +98,9 @@ def test_cli_evaluate_on_a_multilabel_csv_is_multilabel_map(tmp_path: Path) -> N
     embedded = embed_split(Embedder.load(model_dir), "csv", str(root), "test")
     assert embedded.labels.shape == (9, 4)
     assert got == pytest.approx(brute_force_map(embedded.vectors, embedded.labels), abs=1e-6)
+
+
+def test_data_info_counts_the_images_of_each_label(tmp_path: Path) -> None:
+    info = split_info(data.open("csv", str(write_multilabel_csv(tmp_path)), "test"))
+    assert info["images"] == 9 and info["classes"] == 4
+    assert info["images_per_class"] == {"min": 2, "median": 3.0, "max": 3}
