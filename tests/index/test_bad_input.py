@@ -118,7 +118,7 @@ def test_refused_creations_leave_no_directory(tmp_path: Path) -> None:
         (lambda p: index.create(64, "hamming", "BIVF1024_BHNSW32", uri=p), "BIVF1024_HNSW32"),
         (lambda p: index.create(8, "hamming", "Flat", uri=p), "needs a binary spec"),
         (lambda p: index.create(64, "cosine", "BFlat", uri=p), "takes metric 'hamming'"),
-        (lambda p: index.create(8, uri=str(p) + ".db"), "not available yet"),
+        (lambda p: index.create(64, "hamming", "BIN_FLAT", uri=f"{p}.db"), "no binary vectors"),
     ]
     for call, needle in cases:
         with pytest.raises(DataError, match=needle):

@@ -85,7 +85,7 @@ def test_build_from_codes_is_binary_by_default(tmp_path: Path) -> None:
         (["--spec", "BIVF8_BHNSW8"], "'BIVF8_HNSW8'"),
         (["--spec", "IVF512,Flat"], "needs at least 512 vectors (512 lists), got 300"),
         (["--metric", "hamming"], "needs packed codes"),
-        (["--uri", "gallery.db"], "Milvus indexes (gallery.db) are not available yet"),
+        (["--uri", "http://127.0.0.1:1"], "cannot reach Milvus at http://127.0.0.1:1"),
     ],
 )
 def test_build_refusals_write_nothing(run: Path, args: list[str], needle: str) -> None:

@@ -168,12 +168,11 @@ def test_build_from_embeddings_float_and_codes(data: tuple, tmp_path: Path) -> N
         index.build(Embeddings(gallery[:0], ids[:0], ids[:0]))
 
 
-def test_milvus_uris_are_recognised_but_not_available_yet(tmp_path: Path) -> None:
-    for uri in (tmp_path / "x.db", "http://127.0.0.1:19530"):
-        with pytest.raises(DataError, match=r"Milvus indexes .* are not available yet"):
-            index.create(8, uri=uri)
-        with pytest.raises(DataError, match="not available yet"):
-            index.open(uri)
+def test_milvus_uris_are_recognised(tmp_path: Path) -> None:
+    """Milvus URIs go to the Milvus backend (tests/index/test_milvus.py); directories to faiss."""
+    for uri in (tmp_path / "x.db", "x.db#gallery", "http://127.0.0.1:19530", "https://h:1#c"):
+        assert index.is_milvus(uri)
+    assert not index.is_milvus(tmp_path / "index")
 
 
 def test_exhaustive_search_uses_blas_from_8_queries_then_restores_faiss(data: tuple) -> None:

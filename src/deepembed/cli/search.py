@@ -61,7 +61,10 @@ def build(
     ],
     spec: Annotated[
         str | None,
-        typer.Option(help="faiss factory string: Flat, IVF1024,Flat, HNSW32, BFlat, ..."),
+        typer.Option(
+            help="faiss factory string: Flat, IVF1024,Flat, HNSW32, BFlat, ...; with --uri a "
+            "Milvus index type: FLAT, IVF_FLAT:nlist=1024, HNSW:M=32, BIN_FLAT, ..."
+        ),
     ] = None,
     metric: Annotated[
         str | None,
