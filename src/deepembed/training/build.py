@@ -151,7 +151,7 @@ def open_hashing_splits(config: RunConfig) -> Splits:
     if data.eval_splits(d.name) == ("query", "database") or _has_split(config, "database"):
         train, query, database = (open_split(config, s) for s in ("train", "query", "database"))
         val = None
-        if _has_split(config, "val"):  # a CSV's own validation rows (multi-label data)
+        if d.name == "csv" and _has_split(config, "val"):  # a CSV's own validation rows
             val = open_split(config, "val")
         elif d.hash_val_per_class:
             require_class_ids(train, "data.hash_val_per_class")
