@@ -99,7 +99,17 @@ class DPSHLoss(PairwiseHashingLoss):
         + eta * mean over items of ||u_i - b_i||^2
 
     The paper sums over all training pairs and items, so its eta is tied to the dataset
-    size; eta = 0.1 here is DeepHash-pytorch's weight for the same mean over pairs.
+    size: the authors' code (DPSH-pytorch) divides both sums by (training set size x batch),
+    with lambda = 10 on CIFAR-10's 5,000 training images, i.e. eta = 10 / 5000 = 0.002 in
+    this mean form. eta = 0.1 here is DeepHash-pytorch's weight. On mnist30 (30 classes, 16
+    x 8 batches: 94% of the pairs dissimilar) neither trains well (validation mAP after 2
+    epochs 0.22 with eta = 0.001, 0.23 with 0.1; 0.28 after 6 epochs at 32 bits, where DSH
+    reaches 0.67): the unweighted likelihood is dominated by the dissimilar pairs, and with
+    eta = 0.001 the codes shrink towards theta = 0 (|u| ~0.15, loss ~log 2); eta = 1
+    collapses them to a few constant codes; batches of 4 classes x 32 (24% similar pairs)
+    help a little, a memory of 4,096 past codes (loss.memory_size, as the authors compare
+    with every training code) does not. HashNet's weighting of the two kinds of pairs is
+    what that paper added.
 
     DeepHash-pytorch differs: it compares the batch with a bank of all training codes (the
     pair of an item with itself included) and averages the quantization error over
