@@ -21,11 +21,13 @@ from deepembed.cli.main import app
 from deepembed.errors import DataError
 from deepembed.index import MilvusIndex
 from deepembed.inference import Embeddings
-from tests.index.conftest import clustered, exact_top, recall
+from tests.index import test_protocol
+from tests.index.conftest import exact_top, recall
 from tests.index.test_filters import FILTERS, _matches, _metadata
+from tests.index.test_protocol import DIM, K, N
 
-N, DIM, Q, K = 1000, 16, 30, 10
 NewUri = Callable[[], str]
+data = test_protocol.data  # the fixture: the faiss protocol tests' gallery, queries and ids
 # spec, metric, search parameters, recall@10 bar (1.0: ids and distances equal brute force)
 FLOAT_CASES = [
     ("FLAT", "cosine", {}, 1.0),
@@ -43,14 +45,6 @@ def new_uri(tmp_path_factory: pytest.TempPathFactory) -> NewUri:
     path = tmp_path_factory.mktemp("milvus") / "gallery.db"
     counter = itertools.count()
     return lambda: f"{path}#c{next(counter)}"
-
-
-@pytest.fixture(scope="module")
-def data() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    gallery = clustered(N, DIM)
-    queries = clustered(Q, DIM, seed=1)
-    ids = np.random.default_rng(0).permutation(100_000)[:N]  # arbitrary, non-contiguous
-    return gallery, queries, ids
 
 
 def filled(new_uri: NewUri, data: tuple, spec: str = "FLAT", metric: str = "cosine") -> MilvusIndex:
@@ -150,6 +144,17 @@ def test_filter_errors_and_empty_filters(data: tuple, flat_index: MilvusIndex) -
     assert (found == -1).all() and np.isinf(d).all()
     _, found = idx.search(queries, K, filters={"color": "purple"})
     assert (found == -1).all()
+
+
+def test_searcher_by_id_and_by_vector(data: tuple, flat_index: MilvusIndex) -> None:
+    gallery, queries, ids = data
+    searcher = index.Searcher(flat_index)
+    hits = searcher.by_id(int(ids[7]), k=5)
+    _, true_i = exact_top(gallery, ids, gallery[7:8], 6, "euclidean")
+    assert [h.id for h in hits] == [i for i in true_i[0] if i != ids[7]][:5]
+    assert all(h.label == h.id % 100 and h.metadata == _metadata(np.array([h.id]))[0] for h in hits)
+    hits = searcher.by_vector(queries[0], k=3, filters={"color": "red"})
+    assert len(hits) == 3 and all(h.metadata["color"] == "red" for h in hits)
 
 
 def test_filter_values_compare_as_json(new_uri: NewUri) -> None:

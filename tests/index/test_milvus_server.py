@@ -41,11 +41,13 @@ from tests.index.test_milvus import (  # noqa: F401  (protocol tests, run again 
     test_removals_are_visible_to_the_next_search,
     test_reopen_keeps_items_and_settings,
     test_search_parameters_validated,
+    test_searcher_by_id_and_by_vector,
 )
 
 pytestmark = pytest.mark.serial
 
 SERVER_PACKAGES = ["milvus==2.3.5", "pymilvus<2.4", "setuptools<70", "marshmallow<4"]
+PIP_FLAGS = ["-q", "--retries", "1", "--timeout", "30"]  # offline: fail in seconds, then skip
 LAUNCHER = Path(__file__).with_name("milvus_launcher.py")
 N, BITS, Q, K = 1000, 64, 30, 10
 
@@ -64,7 +66,7 @@ def server_venv() -> Path:
         base_python = getattr(sys, "_base_executable", sys.executable)
         steps = [
             [base_python, "-m", "venv", str(venv)],
-            [str(venv / "bin" / "pip"), "install", "-q", *SERVER_PACKAGES],
+            [str(venv / "bin" / "pip"), "install", *PIP_FLAGS, *SERVER_PACKAGES],
         ]
         for step in steps:
             done = subprocess.run(step, capture_output=True, text=True, timeout=900)

@@ -109,6 +109,7 @@ def _build_milvus(
         rows = slice(lo, lo + _MILVUS_CHUNK)
         index.add(data[rows], embeddings.ids[rows], embeddings.labels[rows])
     index.class_names = dict(embeddings.class_names)
+    index.save()  # a flush: Milvus indexes the sealed segments
     return index
 
 

@@ -91,7 +91,7 @@ class MilvusIndex:
         settings |= {"metric": metric, "dim": dim, "params": {}, "class_names": {}}
         settings |= {"keys": [], "max_id": -1}
         try:
-            cls._create_collections(client, name, parsed, dim, metric)
+            cls._create_collection(client, name, parsed, dim, metric)
             index = cls(client, str(uri), name, settings)
             index._write_settings()
         except Exception as exc:
@@ -102,7 +102,7 @@ class MilvusIndex:
         return index
 
     @staticmethod
-    def _create_collections(
+    def _create_collection(
         client: Any, name: str, spec: mp.MilvusSpec, dim: int, metric: str
     ) -> None:
         from pymilvus import DataType, MilvusClient
@@ -333,7 +333,7 @@ class MilvusIndex:
         rows = self._scan(expr or "id >= 0", ["id", "vector"])
         base = np.stack([self._vector(r["vector"]) for r in rows])
         base_ids = np.array([r["id"] for r in rows], np.int64)
-        d, i = _exact(base, base_ids, x[short], k, self.metric)
+        d, i = mp.exact(base, base_ids, x[short], k, self.metric)
         dist[short], ids[short] = d, i
 
     def get(self, ids: np.ndarray | list[int]) -> list[Item]:
@@ -387,14 +387,20 @@ class MilvusIndex:
         }
 
     def save(self, path: str | Path | None = None) -> Path:
-        """Flush: seal the collection's growing segments, so that a server builds its index
-        on them (items and settings are already durable as each change returns). Returns
-        the URI as a Path; another `path` is refused (copy a collection with Milvus tools)."""
+        """Flush: seal the collection's growing segments, so that Milvus builds its index on
+        them (items and settings are already durable as each change returns); milvus-lite
+        then reloads the collection to search with that index. Returns the URI as a Path;
+        another `path` is refused (copy a collection with Milvus tools)."""
         if path is not None and str(path) != self.uri:
             raise DataError(
                 f"a Milvus index lives at its URI ({self.uri}); save() cannot copy it to {path}"
             )
         self.client.flush(self.name)
+        if mp.is_lite(mp.split_uri(self.uri)[0]):
+            # milvus-lite 3.x searches a segment indexed at flush by brute force until the
+            # collection is loaded again (measured: HNSW ~15x faster once reloaded)
+            self.client.release_collection(self.name)
+            self.client.load_collection(self.name)
         return Path(self.uri)
 
     def close(self) -> None:
@@ -405,15 +411,3 @@ class MilvusIndex:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _exact(
-    base: np.ndarray, base_ids: np.ndarray, x: np.ndarray, k: int, metric: str
-) -> tuple[np.ndarray, np.ndarray]:
-    """Brute force over `base` (a filtered subset), in the protocol's conventions."""
-    from deepembed.index import faiss_parts as fp
-
-    prepared = checks.pad(base) if metric == "hamming" else checks.prepare_floats(base, metric)
-    queries = checks.pad(x) if metric == "hamming" else checks.prepare_floats(x, metric)
-    raw, ids = fp.exact_search(prepared, base_ids, queries, k, metric)
-    return fp.to_distances(raw, ids, metric), ids

@@ -1,5 +1,5 @@
 """Pieces of the Milvus backend: index specs, search parameters, filter expressions, distance
-conversion and connecting. No state; `deepembed.index.milvus` holds the MilvusIndex.
+conversion, connecting and the exact fallback. No state; `deepembed.index.milvus` holds the index.
 
 A Milvus spec is an index type with its build parameters, `TYPE[:name=value,...]`, e.g.
 "HNSW:M=32,efConstruction=200" or "IVF_FLAT:nlist=1024"; missing build parameters take
@@ -27,6 +27,8 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from deepembed.errors import DataError
+from deepembed.index import checks
+from deepembed.index import faiss_parts as fp
 from deepembed.index.filters import Filters, metadata_fields, normalise
 from deepembed.index.specs import METRICS, parse_spec
 
@@ -247,3 +249,13 @@ def one_line(exc: BaseException) -> str:
     """A Milvus error's message on one line."""
     text = str(getattr(exc, "message", "") or exc)
     return " ".join(text.split())[:300]
+
+
+def exact(
+    base: np.ndarray, base_ids: np.ndarray, x: np.ndarray, k: int, metric: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Brute force over `base` (a filtered subset), in the protocol's conventions."""
+    prepared = checks.pad(base) if metric == "hamming" else checks.prepare_floats(base, metric)
+    queries = checks.pad(x) if metric == "hamming" else checks.prepare_floats(x, metric)
+    raw, ids = fp.exact_search(prepared, base_ids, queries, k, metric)
+    return fp.to_distances(raw, ids, metric), ids
