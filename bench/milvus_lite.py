@@ -108,6 +108,11 @@ def main() -> None:
             if spec == "FLAT":
                 removal = check_removal(idx, gallery, ids, args.remove)
             idx.close()
+        # stop milvus-lite's server for the file now: at exit it would write into the
+        # removed temporary directory again
+        from milvus_lite.server_manager import server_manager_instance
+
+        server_manager_instance.release_server(f"{tmp}/bench.db")
     print()
     print("| spec | ef | add (vectors/s) | save / flush (s) | search (queries/s) | recall@10 |")
     print("|---|---|---|---|---|---|")
