@@ -55,7 +55,7 @@ def clustered(n: int, dim: int, seed: int, centres: np.ndarray) -> np.ndarray:
     """(n, dim) unit float32 vectors: a random centre, plus a 16-d latent offset through a
     shared basis (embeddings have a low intrinsic dimension), plus small isotropic noise."""
     rng = np.random.default_rng(seed)
-    basis = np.random.default_rng(99).normal(size=(16, dim)) / 8  # the same for every call
+    basis = np.random.default_rng(99).normal(size=(16, dim)) / 4.5  # the same for every call
     out = np.empty((n, dim), np.float32)
     for start in range(0, n, 100_000):  # bounded temporaries
         m = min(100_000, n - start)
