@@ -164,3 +164,25 @@ def test_tune_on_held_out_queries(run: Path) -> None:
         *invoke("index", "tune", run / "index", "--queries", run / "q4.npz"), "(n, 8)"
     )
     assert index.open(run / "index").params == before
+
+
+def test_every_command_on_a_milvus_lite_index(run: Path, tmp_path: Path) -> None:
+    """build --uri, info, add, search (by id and image, filtered), remove; tune refused."""
+    db = str(run / "index.db")  # beside model/: the run's model is found as for a directory
+    code, output = invoke("index", "build", run, "--uri", db, "--spec", "FLAT")
+    assert code == 0 and "indexed 300 items" in output, output
+    code, output = invoke("index", "info", db)
+    assert code == 0 and "milvus-lite FLAT" in output and "items       300" in output, output
+    code, output = invoke("index", "add", db, tmp_path / "images", "-q")
+    assert code == 0 and "added" in output, output
+    added = len(index.open(db))
+    code, output = invoke("search", db, "--id", "4", "-k", "3", "--filter", "label=1")
+    rows = [line.split() for line in output.splitlines()[2:]]
+    assert code == 0 and len(rows) == 3 and all(r[2] == "1" for r in rows), output
+    code, output = invoke("search", db, "--image", tmp_path / "images" / "red" / "0.png", "-k", "2")
+    assert code == 0 and len(output.splitlines()) == 4, output
+    code, output = invoke("index", "remove", db, "10", "11")
+    assert code == 0 and f"{added - 2} left" in output, output
+    assert_user_error(*invoke("index", "tune", db), "index tune measures faiss indexes")
+    assert_user_error(*invoke("index", "remove", db, "10"), "10")
+    assert len(index.open(db)) == added - 2

@@ -32,6 +32,13 @@ FilterOption = Annotated[
 ParamOption = Annotated[
     list[str] | None, typer.Option("--param", help="Search parameter name=value (nprobe, ...).")
 ]
+IndexArg = Annotated[
+    str,
+    typer.Argument(
+        help="Index directory, or a Milvus URI: a milvus-lite .db file or "
+        "http://host:port, either optionally with #collection."
+    ),
+]
 ADD_CHUNK = 256  # images embedded and committed at a time
 
 
@@ -89,7 +96,7 @@ def build(
 @index_app.command("add")
 @handle_errors
 def add(
-    index: Annotated[Path, typer.Argument(help="Index directory.")],
+    index: IndexArg,
     images: Annotated[Path, typer.Argument(help="A folder of images or a CSV of image paths.")],
     model: ModelOption = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
@@ -133,7 +140,7 @@ def add(
 @index_app.command("remove")
 @handle_errors
 def remove(
-    index: Annotated[Path, typer.Argument(help="Index directory.")],
+    index: IndexArg,
     ids: Annotated[list[int], typer.Argument(help="Ids of the items to remove.")],
 ) -> None:
     """Remove items by id (an unknown id removes nothing)."""
@@ -153,9 +160,21 @@ def _size(n: int) -> str:
 
 @index_app.command("info")
 @handle_errors
-def info(index: Annotated[Path, typer.Argument(help="Index directory.")]) -> None:
+def info(index: IndexArg) -> None:
     """Type, item count, memory, search parameters and the catalogue's state."""
     facts = index_lib.open(index).info()
+    if "catalogue" not in facts:  # Milvus: the server holds items and settings
+        where = f"{facts['uri']} collection {facts['collection']}"
+        keys = ", ".join(facts["metadata_keys"]) or "none"
+        typer.echo(
+            f"index       {facts['backend']} {facts['spec']} ({facts['metric']})\n"
+            f"dimension   {facts['dim']}{' bits' if facts['metric'] == 'hamming' else ''}\n"
+            f"items       {facts['items']}\n"
+            f"parameters  {json.dumps(facts['params']) if facts['params'] else 'none'}\n"
+            f"metadata    {keys}\n"
+            f"location    {where}"
+        )
+        return
     cat = facts["catalogue"]
     pending = cat["last_seq"] - (facts["snapshot_seq"] or 0)
     rows = [
@@ -180,7 +199,7 @@ def info(index: Annotated[Path, typer.Argument(help="Index directory.")]) -> Non
 @index_app.command("tune")
 @handle_errors
 def tune(
-    index: Annotated[Path, typer.Argument(help="Index directory.")],
+    index: IndexArg,
     recall: Annotated[float, typer.Option(help="recall@10 target.")] = 0.95,
     sample: Annotated[int, typer.Option(help="Gallery items used as held-out queries.")] = 500,
     queries: Annotated[
@@ -195,13 +214,18 @@ def tune(
     from deepembed.index.tune import tune as run_tune
 
     opened = index_lib.open(index)
+    if not isinstance(opened, index_lib.FaissIndex):
+        raise DataError(
+            f"index tune measures faiss indexes; set a Milvus index's search parameters "
+            f"(nprobe, ef) with --param on each search, or set_params in Python ({index})"
+        )
     held_out = None
     if queries is not None:
         loaded = Embeddings.load(queries)
         held_out = loaded.codes if opened.binary else loaded.vectors
         if held_out is None:
             raise DataError(f"{queries} holds no {'codes' if opened.binary else 'vectors'}")
-    result = run_tune(opened, recall, 10, sample, queries=held_out)  # type: ignore[arg-type]
+    result = run_tune(opened, recall, 10, sample, queries=held_out)
     if not result.trials:
         typer.echo(f"{opened.spec} has no search parameters to tune (exact or fixed)")
         return
@@ -230,7 +254,7 @@ def _print_hits(hits: list[Hit]) -> None:
 
 @handle_errors
 def search(
-    index: Annotated[Path, typer.Argument(help="Index directory from `index build`.")],
+    index: IndexArg,
     image: Annotated[Path | None, typer.Option(help="Query image file (PNG or JPEG).")] = None,
     item: Annotated[int | None, typer.Option("--id", help="Query by an indexed item's id.")] = None,
     model: ModelOption = None,

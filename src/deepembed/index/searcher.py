@@ -36,9 +36,12 @@ class Hit:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
-def default_model_dir(index_dir: str | Path) -> Path:
-    """The model of a run directory holding the index: <run>/model beside <run>/index."""
-    return Path(index_dir).parent / "model"
+def default_model_dir(index_dir: str | Path) -> Path | None:
+    """The model of a run directory holding the index: <run>/model beside <run>/index (or
+    beside a milvus-lite <run>/index.db); None for a Milvus server, which has no run."""
+    if str(index_dir).startswith(("http://", "https://", "tcp://")):
+        return None
+    return Path(str(index_dir).partition("#")[0]).parent / "model"
 
 
 class Searcher:
@@ -62,7 +65,7 @@ class Searcher:
     def model(self) -> Embedder:
         """The Embedder, loaded (and checked against the index) on first use."""
         if self._model is None:
-            raise DataError("no model to embed images with: give a model directory")
+            raise DataError("no model to embed images with: give a model directory (--model)")
         if not isinstance(self._model, Embedder):
             self._model = Embedder.load(self._model)
             self._check(self._model)
