@@ -12,7 +12,7 @@ products of unit vectors, in chunks). For each spec (FLAT, HNSW with M 16 and 32
 * on the FLAT collection: remove --remove ids (timed), then check `len`, that searching with
   the removed vectors themselves returns none of them, and that `get` refuses them.
 
-    .venv/bin/python bench/milvus_lite.py [--n 100000] [--dim 128] [--queries 1000]
+    .venv/bin/python bench/index_milvus.py [--n 100000] [--dim 128] [--queries 1000]
 """
 
 from __future__ import annotations
@@ -27,15 +27,11 @@ from pathlib import Path
 
 import numpy as np
 
-# Run as a script, this file's folder comes first on sys.path, and its name would shadow the
-# milvus_lite package that pymilvus imports: the repository root takes that place instead.
-HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
-sys.path.insert(0, str(HERE.parent))
-from bench.index import clustered  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: bench.*
+from bench.index import clustered
 
-from deepembed import index  # noqa: E402
-from deepembed.errors import DataError  # noqa: E402
+from deepembed import index
+from deepembed.errors import DataError
 
 K = 10
 SPECS = [
