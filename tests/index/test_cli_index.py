@@ -125,6 +125,14 @@ def test_add_from_csv_with_metadata_and_bad_images(run: Path) -> None:
         "search", run / "index", "--image", images / "red" / "0.png", "--filter", "shop=north"
     )
     assert output.splitlines()[2].split()[1] == "900" and len(output.splitlines()) == 3
+    (images / "multi.csv").write_text("path,labels,split\ngreen/1.png,cat; dog,test\n")
+    assert invoke("index", "add", run / "index", images / "multi.csv", "-q")[0] == 0
+    opened.close()
+    opened = index.open(run / "index")
+    added = opened.get([opened.next_id() - 1])[0]
+    assert added.metadata == {"labels": ["cat", "dog"], "split": "test"} and added.label == -1
+    code, output = invoke("search", run / "index", "--id", "900", "--filter", "labels=dog")
+    assert code == 0 and output.splitlines()[2].split()[1] == str(added.id), output
     (images / "broken.png").write_text("not an image")
     before = len(opened)
     opened.close()

@@ -1,7 +1,9 @@
 """The images `index add` takes: a folder (sub-folder names are labels) or a CSV file.
 
 CSV: rows path[,label]; or a header row starting with "path" naming the columns, where
-"label" and "id" are what they say and any other column becomes a metadata field. Paths are
+"label" and "id" are what they say, "labels" (the multi-label training CSV's column,
+"cat;dog") becomes a list metadata field that a filter on any one of them matches, and any
+other column becomes a metadata field. Paths are
 relative to the CSV's folder. Folder: every image below it (sorted); an image inside a
 sub-folder is labelled with the sub-folder's name, one directly in the folder has no label.
 """
@@ -82,7 +84,10 @@ def _csv(path: Path) -> ImageList:
         if raw_id and not raw_id.isdigit():
             raise DataError(f"{path}: row {number} has id {raw_id!r}, not a non-negative integer")
         out.ids.append(int(raw_id) if raw_id else None)
-        out.metadata.append({k: v for k, v in values.items() if v != ""})
+        meta: dict[str, Any] = {k: v for k, v in values.items() if v != ""}
+        if "labels" in meta:  # several labels: a list, each one filterable
+            meta["labels"] = [x.strip() for x in meta["labels"].split(";") if x.strip()]
+        out.metadata.append(meta)
     if not out.paths:
         raise DataError(f"{path}: no rows")
     return out
