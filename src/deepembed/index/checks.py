@@ -63,8 +63,11 @@ def vectors(index: FaissIndex, given: Any, what: str = "vectors") -> tuple[np.nd
         raise DataError(f"index {index.spec} takes float {what}, got {arr.dtype}{hint}")
     if arr.ndim != 2 or arr.shape[1] != index.dim:
         raise DataError(f"{what} must be (n, {index.dim}), got shape {arr.shape}")
-    with np.errstate(over="ignore"):  # float64 beyond float32's range becomes inf: refused
-        rows = np.ascontiguousarray(arr, np.float32)
+    if arr.dtype == np.float32:
+        rows = np.ascontiguousarray(arr)
+    else:
+        with np.errstate(over="ignore"):  # float64 beyond float32's range becomes inf: refused
+            rows = np.ascontiguousarray(arr, np.float32)
     if not np.isfinite(rows).all():
         raise DataError(f"{what} contain NaN or infinite values (as float32)")
     if index.metric != "cosine":

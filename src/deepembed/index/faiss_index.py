@@ -267,7 +267,7 @@ class FaissIndex:
         k = checks.k(k)
         merged = {**self._params, **check_params(self._spec, params)} if params else self._params
         subset = None if not filters else self.catalogue.filter_ids(filters)
-        if self.binary:
+        if self.binary or len(x) < fp.BLAS_MIN_QUERIES:  # below it faiss's default agrees
             raw, ids = self._search(x, k, merged, subset)
         else:
             with fp.blas_rule(self.dim):

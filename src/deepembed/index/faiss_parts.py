@@ -185,14 +185,18 @@ def exact_search(
 def to_distances(raw: np.ndarray, ids: np.ndarray, metric: str) -> np.ndarray:
     """Our distances (q, k) float32 from faiss's raw scores: cosine 1 - cos, inner_product
     minus the dot product, euclidean the L2 norm, hamming differing bits; inf where no id."""
-    d = raw.astype(np.float32)
+    d = raw.astype(np.float32, copy=False)
     if metric == "cosine":
         d = 1.0 - d
     elif metric == "inner_product":
         d = -d
     elif metric == "euclidean":
         d = np.sqrt(np.maximum(d, 0.0))
-    d[ids < 0] = np.inf
+    elif d is raw:
+        d = d.copy()  # never write into the caller's array
+    missing = ids < 0
+    if missing.any():
+        d[missing] = np.inf
     return d
 
 
