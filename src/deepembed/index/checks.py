@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import numbers
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +20,18 @@ from deepembed.index.specs import check_spec, padded_bytes
 if TYPE_CHECKING:
     from deepembed.index.faiss_index import FaissIndex
 
-__all__ = ["check_spec", "ids", "k", "labels", "metadata", "pad", "sources", "vectors"]
+__all__ = [
+    "Items",
+    "check_spec",
+    "ids",
+    "items",
+    "k",
+    "labels",
+    "metadata",
+    "pad",
+    "sources",
+    "vectors",
+]
 
 
 def pad(codes: np.ndarray) -> np.ndarray:
@@ -76,6 +88,28 @@ def vectors(index: FaissIndex, given: Any, what: str = "vectors") -> tuple[np.nd
     if len(rows) and not norms.all():
         raise DataError(f"{what} contain a zero vector, which has no cosine distance")
     return rows / norms, rows  # unit rows, as prepare_floats makes them
+
+
+@dataclass(frozen=True)
+class Items:
+    """A validated add: rows prepared for search, rows as given, and per row an id, a
+    label, a metadata dict and a source."""
+
+    rows: np.ndarray
+    originals: np.ndarray
+    ids: np.ndarray
+    labels: np.ndarray
+    metadata: list[dict[str, Any]]
+    sources: list[str | None]
+
+
+def items(index: FaissIndex, rows: Any, ids_: Any, labels_: Any, meta: Any, srcs: Any) -> Items:
+    """Everything an `add` is given, checked in one place for every backend."""
+    prepared, originals = vectors(index, rows)
+    n = len(prepared)
+    return Items(
+        prepared, originals, ids(ids_, n), labels(labels_, n), metadata(meta, n), sources(srcs, n)
+    )
 
 
 def ids(given: Any, n: int | None) -> np.ndarray:

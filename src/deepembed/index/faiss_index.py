@@ -226,23 +226,20 @@ class FaissIndex:
         sources: list[str | None] | None = None,
     ) -> None:
         """Add items; committed to the catalogue before this returns."""
-        x, originals = checks.vectors(self, vectors)
-        n = len(x)
-        item_ids = checks.ids(ids, n)
-        item_labels = checks.labels(labels, n)
-        item_meta = checks.metadata(metadata, n)
-        item_sources = checks.sources(sources, n)
-        if n == 0:
+        given = checks.items(self, vectors, ids, labels, metadata, sources)
+        if len(given.ids) == 0:
             return
         if not self.is_trained:
             raise DataError(
                 f"index {self.spec} is not trained: call train(vectors) first "
                 f"(at least {self._spec.min_training()} vectors)"
             )
-        blobs = [row.tobytes() for row in originals]
-        self._seq = self.catalogue.add(item_ids, item_labels, item_sources, item_meta, blobs)
+        blobs = [row.tobytes() for row in given.originals]
+        self._seq = self.catalogue.add(
+            given.ids, given.labels, given.sources, given.metadata, blobs
+        )
         try:
-            self._insert(x, item_ids)
+            self._insert(given.rows, given.ids)
         except Exception:
             self.rebuild("the faiss add failed")  # the catalogue has the items: resync
             raise

@@ -228,18 +228,14 @@ class MilvusIndex:
         sources: list[str | None] | None = None,
     ) -> None:
         """Add items; refused whole (nothing written) when an id is already present."""
-        _, originals = checks.vectors(self, vectors)  # type: ignore[arg-type]
-        n = len(originals)
-        item_ids = checks.ids(ids, n)
-        item_labels = checks.labels(labels, n)
-        item_meta = checks.metadata(metadata, n)
-        item_sources = checks.sources(sources, n)
-        long = [s for s in item_sources if s is not None and len(s.encode()) > mp.SOURCE_BYTES]
+        given = checks.items(self, vectors, ids, labels, metadata, sources)  # type: ignore[arg-type]
+        n = len(given.ids)
+        long = [s for s in given.sources if s is not None and len(s.encode()) > mp.SOURCE_BYTES]
         if long:
             raise DataError(f"a source longer than {mp.SOURCE_BYTES} bytes: {long[0][:60]}...")
         if n == 0:
             return
-        taken = self._present(item_ids)
+        taken = self._present(given.ids)
         if len(taken):
             raise DataError(
                 f"duplicate ids: {len(taken)} already in the index, e.g. {taken[:3].tolist()}"
@@ -254,10 +250,15 @@ class MilvusIndex:
                 "terms": mp.terms(meta),
             }
             for i, row, label, source, meta in zip(
-                item_ids, originals, item_labels, item_sources, item_meta, strict=True
+                given.ids,
+                given.originals,
+                given.labels,
+                given.sources,
+                given.metadata,
+                strict=True,
             )
         ]
-        chunk = max(1, _INSERT_BYTES // max(originals[0].nbytes, 1))
+        chunk = max(1, _INSERT_BYTES // max(given.originals[0].nbytes, 1))
         done = 0
         try:
             for start in range(0, n, chunk):
@@ -265,10 +266,10 @@ class MilvusIndex:
                 done = min(start + chunk, n)
         except Exception as exc:
             if done:
-                self.client.delete(self.name, ids=item_ids[:done].tolist())
+                self.client.delete(self.name, ids=given.ids[:done].tolist())
             raise DataError(f"Milvus refused the add (nothing kept): {mp.one_line(exc)}") from None
-        keys = sorted({*self._settings["keys"], *(k for m in item_meta for k in m)})
-        max_id = max(int(self._settings["max_id"]), int(item_ids.max()))
+        keys = sorted({*self._settings["keys"], *(k for m in given.metadata for k in m)})
+        max_id = max(int(self._settings["max_id"]), int(given.ids.max()))
         if keys != self._settings["keys"] or max_id != self._settings["max_id"]:
             self._write_settings(keys=keys, max_id=max_id)
 
