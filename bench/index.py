@@ -10,8 +10,10 @@ OPQ32,IVF4096,PQ32,RFlat):
   add the gallery (committed to the SQLite catalogue on disk, as every durable index is),
   `index tune` to recall@10 >= --target on 500 held-out queries (not those measured), then
   search with the tuned parameters;
-* faiss: `faiss.index_factory(dim, spec, METRIC_INNER_PRODUCT)` on the same unit vectors,
-  trained on the same sample, the same search parameters (SearchParameters objects);
+* faiss: `faiss.index_factory(dim, spec, METRIC_INNER_PRODUCT)` on the same unit vectors
+  (normalised as ours normalises them, bit for bit, and added in the same chunks, so that
+  both build the same structure), trained on the same sample, the same search parameters
+  (SearchParameters objects); queries normalised beforehand;
 * reported: build time (train + add), recall@10 of the held-out queries, queries/s batched
   (all queries in one call) and one query at a time (--single queries), bytes per vector
   of the faiss structure (its serialised size; ours also keeps each raw vector in the
@@ -43,6 +45,7 @@ import faiss
 import numpy as np
 
 from deepembed import index
+from deepembed.index import checks
 from deepembed.index import faiss_parts as fp
 from deepembed.index.specs import parse_spec
 from deepembed.index.tune import tune
@@ -147,8 +150,9 @@ def float_row(
     start = time.perf_counter()
     raw = raw_factory(parsed.text, gallery.shape[1])
     if parsed.needs_training:
-        raw.train(sample)
-    raw.add(gallery)
+        raw.train(checks.prepare_floats(sample, "cosine"))
+    for at in range(0, len(gallery), 200_000):  # the same vectors, in the same chunks as ours
+        raw.add(checks.prepare_floats(gallery[at : at + 200_000], "cosine"))
     raw_build = time.perf_counter() - start
     raw_params = fp.search_params(parsed, params)
 
