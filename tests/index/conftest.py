@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
@@ -135,3 +136,15 @@ def write_images(root: Path, per_class: int = 4) -> list[Path]:
             Image.fromarray(blocks.astype(np.uint8)).save(path)
             paths.append(path)
     return paths
+
+
+def assert_padded_past_the_end(
+    idx: Any, gallery: np.ndarray, queries: np.ndarray, ids: np.ndarray
+) -> None:
+    """An empty index, then 4 items searched with k = 6: ids -1 and distances inf past the end."""
+    d, found = idx.search(queries[:2], 3)
+    assert (found == -1).all() and np.isinf(d).all()
+    idx.add(gallery[:4], ids[:4])
+    d, found = idx.search(queries[:2], 6)
+    assert (found[:, :4] >= 0).all() and (found[:, 4:] == -1).all()
+    assert np.isfinite(d[:, :4]).all() and np.isinf(d[:, 4:]).all()

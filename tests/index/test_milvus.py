@@ -22,7 +22,7 @@ from deepembed.errors import DataError
 from deepembed.index import MilvusIndex
 from deepembed.inference import Embeddings
 from tests.index import test_protocol
-from tests.index.conftest import exact_top, recall
+from tests.index.conftest import assert_padded_past_the_end, exact_top, recall
 from tests.index.test_filters import FILTERS, _matches, _metadata
 from tests.index.test_protocol import DIM, K, N
 
@@ -175,12 +175,7 @@ def test_filter_values_compare_as_json(new_uri: NewUri) -> None:
 def test_missing_results_are_minus_one_and_inf(data: tuple, new_uri: NewUri) -> None:
     gallery, queries, ids = data
     idx = index.create(DIM, "euclidean", "HNSW", uri=new_uri())
-    d, found = idx.search(queries[:2], 3)  # empty index
-    assert (found == -1).all() and np.isinf(d).all()
-    idx.add(gallery[:4], ids[:4])
-    d, found = idx.search(queries[:2], 6)
-    assert (found[:, :4] >= 0).all() and (found[:, 4:] == -1).all()
-    assert np.isfinite(d[:, :4]).all() and np.isinf(d[:, 4:]).all()
+    assert_padded_past_the_end(idx, gallery, queries, ids)
     idx.close()
 
 

@@ -13,7 +13,13 @@ from deepembed import index
 from deepembed.errors import DataError
 from deepembed.index.faiss_parts import blas_rule
 from deepembed.inference import Embeddings
-from tests.index.conftest import brute_force, clustered, exact_top, recall
+from tests.index.conftest import (
+    assert_padded_past_the_end,
+    brute_force,
+    clustered,
+    exact_top,
+    recall,
+)
 
 N, DIM, Q, K = 1000, 16, 30, 10
 # spec, generous search parameters, recall@10 bar (1.0: results equal brute force)
@@ -105,12 +111,7 @@ def test_binary_specs_against_brute_force(
 def test_missing_results_are_minus_one_and_inf(data: tuple) -> None:
     gallery, queries, ids = data
     idx = index.create(DIM, "euclidean", "Flat")
-    d, found = idx.search(queries[:2], 3)  # empty index
-    assert (found == -1).all() and np.isinf(d).all()
-    idx.add(gallery[:4], ids[:4])
-    d, found = idx.search(queries[:2], 6)
-    assert (found[:, :4] >= 0).all() and (found[:, 4:] == -1).all()
-    assert np.isfinite(d[:, :4]).all() and np.isinf(d[:, 4:]).all()
+    assert_padded_past_the_end(idx, gallery, queries, ids)
 
 
 def test_params_per_index_are_persisted_and_per_query_override(data: tuple, tmp_path: Path) -> None:
