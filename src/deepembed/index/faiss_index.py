@@ -47,6 +47,7 @@ class FaissIndex:
         self._dead: int | None = None  # cached tombstone count
         self._view: np.ndarray | None = None  # cached IDMap position -> id view
         self._own_params: list[Any] = []  # [the faiss SearchParameters of self._params]
+        self._inner: tuple[Any, Any] = (None, None)  # (structure, its IDMap's inner index)
 
     @classmethod
     def create(cls, dim: int, metric: str, spec: str, path: Path | None = None) -> FaissIndex:
@@ -117,6 +118,12 @@ class FaissIndex:
             self._view = fp.id_view(self._structure)
         return self._view
 
+    def _inner_index(self) -> Any:
+        """The IDMap's inner index; its SWIG proxy kept (each `.index` read builds one, ~1 us)."""
+        if self._inner[0] is not self._structure:
+            self._inner = (self._structure, self._structure.index)
+        return self._inner[1]
+
     def _insert(self, x: np.ndarray, ids: np.ndarray) -> None:
         """Add prepared rows to the structure (already in the catalogue)."""
         self._structure.add_with_ids(x, ids)
@@ -146,12 +153,10 @@ class FaissIndex:
 
     def _stored(self, blobs: list[bytes]) -> np.ndarray:
         """Catalogue blobs -> prepared rows (unit vectors for cosine, padded codes)."""
+        flat = b"".join(blobs)
         if self.binary:
-            codes = np.frombuffer(b"".join(blobs), np.uint8).reshape(-1, self.code_bytes)
-            return checks.pad(codes)
-        return checks.prepare_floats(
-            np.frombuffer(b"".join(blobs), np.float32).reshape(-1, self.dim), self.metric
-        )
+            return checks.pad(np.frombuffer(flat, np.uint8).reshape(-1, self.code_bytes))
+        return checks.floats(np.frombuffer(flat, np.float32).reshape(-1, self.dim), self.metric)
 
     def rebuild(self, reason: str = "") -> None:
         """A new structure from the catalogue (tombstones dropped); warns with `reason`."""
@@ -293,8 +298,8 @@ class FaissIndex:
             sel = None
             if subset is not None or self.dead:
                 sel = self._live_selector() if subset is None else self._subset_selector(subset)
-            raw, pos = fp.faiss_search(structure.index, x, k, self._search_params(params, sel))
-            ids = np.where(pos >= 0, self._id_view()[np.maximum(pos, 0)], -1)
+            raw, pos = fp.faiss_search(self._inner_index(), x, k, self._search_params(params, sel))
+            ids = fp.mapped(self._id_view(), pos)
         if subset is not None:  # an approximate search may come back short: exact for those
             short = (ids >= 0).sum(1) < min(k, len(subset))
             if short.any():
@@ -325,7 +330,7 @@ class FaissIndex:
         """Search k + dead positions and keep the first k live ones (BHash has no selector)."""
         assert self._live is not None
         fetch = min(k + self.dead, int(self._structure.ntotal))
-        raw, pos = fp.faiss_search(self._structure.index, x, fetch)
+        raw, pos = fp.faiss_search(self._inner_index(), x, fetch)
         keep = (pos >= 0) & self._live[np.maximum(pos, 0)]
         order = np.argsort(~keep, axis=1, kind="stable")[:, :k]  # live first, in rank order
         raw, pos, keep = (np.take_along_axis(a, order, 1) for a in (raw, pos, keep))
@@ -386,10 +391,7 @@ class FaissIndex:
             "catalogue": self.catalogue.stats(),
         }
         if self.binary:
-            out["code_bytes"], out["stored_code_bytes"] = (
-                self.code_bytes,
-                padded_bytes(self.code_bytes),
-            )
+            out |= {"code_bytes": (b := self.code_bytes), "stored_code_bytes": padded_bytes(b)}
         return out
 
     def save(self, path: str | Path | None = None) -> Path:
