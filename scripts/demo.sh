@@ -35,3 +35,6 @@ echo
 echo "demo finished in $(( $(date +%s) - start )) s. Results in $run/:"
 echo "  config.yaml (resolved config)  history.jsonl  metrics.json  evaluation.json  model/"
 echo "  embeddings/  index/  tsne.png  query.png"
+echo
+echo "Search it in a browser (the web page at http://127.0.0.1:8000/, the API at /docs):"
+echo "  .venv/bin/deepembed serve $run"

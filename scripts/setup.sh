@@ -64,6 +64,9 @@ debs=()
 [ -f /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf ] || debs+=(fonts-noto-color-emoji)
 [ -f /usr/share/unicode/emoji/emoji-test.txt ] || debs+=(unicode-data)
 dpkg-query -W -f='${Status}' libfribidi0 2>/dev/null | grep -q "ok installed" || debs+=(libfribidi0)
+# The web page's browser test drives Debian's chromium (Playwright's own download is not
+# reachable everywhere): a dev-only package.
+[ "$dev" = 0 ] || command -v chromium >/dev/null || debs+=(chromium)
 if [ "${#debs[@]}" -gt 0 ]; then
     say "installing Debian packages ${debs[*]}"
     sudo_=""

@@ -12,6 +12,7 @@ from deepembed.cli.export import export_app
 from deepembed.cli.model import model_app
 from deepembed.cli.plot import plot_app
 from deepembed.cli.search import index_app, search
+from deepembed.cli.serve import serve
 from deepembed.cli.train import embed_command, evaluate, train
 
 app = typer.Typer(
@@ -25,6 +26,7 @@ app.command("train")(train)
 app.command("embed")(embed_command)
 app.command("evaluate")(evaluate)
 app.command("search")(search)
+app.command("serve")(serve)
 app.add_typer(index_app, name="index")
 app.add_typer(plot_app, name="plot")
 app.add_typer(data_app, name="data")

@@ -1,0 +1,130 @@
+"""A readers-writer lock (searches share the index, writes have it alone) and the
+micro-batcher that embeds images arriving together in one forward pass."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+
+
+class ReadWriteLock:
+    """Many readers or one writer; a waiting writer stops new readers (no starvation).
+
+    faiss indexes are not safe to search while they change: searches take `read`, adds and
+    removes `write`, so a search never sees a half-added item."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writing = False
+        self._writers_waiting = 0
+
+    @contextmanager
+    def read(self) -> Iterator[None]:
+        with self._cond:
+            while self._writing or self._writers_waiting:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                if not self._readers:
+                    self._cond.notify_all()
+
+    @contextmanager
+    def write(self) -> Iterator[None]:
+        with self._cond:
+            self._writers_waiting += 1
+            while self._writing or self._readers:
+                self._cond.wait()
+            self._writers_waiting -= 1
+            self._writing = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writing = False
+                self._cond.notify_all()
+
+
+class MicroBatcher:
+    """`await embed(image)`: images that arrive within `wait_ms` of the first (up to
+    `max_batch`) are embedded together by `embed_many` in a worker thread, off the event
+    loop. max_batch 1 embeds each image alone (batching off).
+
+    `batches` and `batched_items` count what happened (mean batch size = their ratio)."""
+
+    def __init__(
+        self, embed_many: Callable[[list[Any]], np.ndarray], wait_ms: float, max_batch: int
+    ) -> None:
+        self._embed_many = embed_many
+        self.wait = max(0.0, wait_ms) / 1000
+        self.max_batch = max(1, int(max_batch))
+        self._pending: list[tuple[Any, asyncio.Future[np.ndarray]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self._running: set[asyncio.Task[None]] = set()  # referenced until done
+        self._gate = threading.Semaphore(1)  # one forward pass at a time: threads would fight
+        self.batches = 0
+        self.batched_items = 0
+
+    async def embed(self, image: Any) -> np.ndarray:
+        """The embedding (or packed code) row of one image."""
+        future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
+        self._pending.append((image, future))
+        if len(self._pending) >= self.max_batch:
+            self._start(now=True)
+        elif self._flusher is None:
+            self._flusher = asyncio.create_task(self._flush_later())
+        return await future
+
+    def _start(self, now: bool) -> None:
+        batch, self._pending = self._pending, []
+        if self._flusher is not None and now:
+            self._flusher.cancel()
+        self._flusher = None
+        if batch:
+            task = asyncio.create_task(self._run(batch))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    async def _flush_later(self) -> None:
+        await asyncio.sleep(self.wait)
+        self._flusher = None
+        self._start(now=False)
+
+    async def _run(self, batch: list[tuple[Any, asyncio.Future[np.ndarray]]]) -> None:
+        images = [image for image, _ in batch]
+        try:
+            rows = await asyncio.to_thread(self._locked, images)
+        except Exception as exc:  # every waiter gets the error
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        self.batches += 1
+        self.batched_items += len(batch)
+        for (_, future), row in zip(batch, rows, strict=True):
+            if not future.done():
+                future.set_result(row)
+
+    def _locked(self, images: list[Any]) -> np.ndarray:
+        with self._gate:
+            return self._embed_many(images)
+
+
+class Uptime:
+    """Seconds since the service started."""
+
+    def __init__(self) -> None:
+        self.started = time.time()
+
+    def __call__(self) -> float:
+        return time.time() - self.started

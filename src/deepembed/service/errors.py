@@ -1,0 +1,23 @@
+"""The service's own exceptions: each becomes a one-line JSON answer with its status."""
+
+from __future__ import annotations
+
+from deepembed.errors import DataError
+
+
+class ApiError(Exception):
+    """An answer other than 200: `status` and a one-line message."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+class BodyTooLargeError(Exception):
+    """A request body over the limit, raised while it streams in (HTTP 413)."""
+
+
+class NotFoundError(DataError):
+    """An unknown item id (HTTP 404)."""
+
+    status = 404

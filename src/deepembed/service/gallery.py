@@ -1,0 +1,72 @@
+"""Images of a run's gallery items that have no stored file: the run's own dataset split.
+
+`index build RUN` indexes the run's gallery (or test) embeddings, whose ids are the
+dataset's item ids; the service shows those items' pictures from the dataset itself."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from PIL import Image
+
+from deepembed.service.images import tensor_image
+
+log = logging.getLogger(__name__)
+
+
+class DatasetImages:
+    """`images(item_id)` -> the PIL image of that item of the run's gallery split, or None.
+
+    The dataset is opened on first use (it may take seconds) and never without its files:
+    any failure means "no picture", logged once, never an error to a client."""
+
+    def __init__(self, name: str, root: str, split: str, extra: dict[str, Any]) -> None:
+        self.name, self.root, self.split, self.extra = name, root, split, extra
+        self._lock = threading.Lock()
+        self._opened: tuple[Any, dict[int, int]] | None = None
+        self._failed = False
+
+    @classmethod
+    def of_run(cls, run_dir: Path) -> DatasetImages | None:
+        """From <run>/config.yaml; None when the run names no dataset."""
+        try:
+            config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+            data = config["data"]
+            name, root = str(data["name"]), str(data.get("root") or "")
+        except (OSError, KeyError, TypeError, yaml.YAMLError):
+            return None
+        from deepembed.data import eval_splits
+
+        query, gallery = eval_splits(name)
+        split = gallery if (run_dir / "embeddings" / "gallery.npz").is_file() and gallery else query
+        extra = {"eval_per_source": data.get("eval_per_source", 5000)}
+        return cls(name, root, split, extra)
+
+    def _open(self) -> tuple[Any, dict[int, int]] | None:
+        with self._lock:
+            if self._opened is None and not self._failed:
+                try:
+                    from deepembed import data
+
+                    dataset = data.open(
+                        self.name, self.root, self.split, transform=None, **self.extra
+                    )
+                    ids = np.asarray(getattr(dataset, "ids", np.arange(len(dataset))))
+                    self._opened = (dataset, {int(i): p for p, i in enumerate(ids.tolist())})
+                except Exception as exc:  # no files here, a changed root ...: no pictures
+                    log.warning("gallery images of %s unavailable: %s", self.name, exc)
+                    self._failed = True
+            return self._opened
+
+    def __call__(self, item_id: int) -> Image.Image | None:
+        opened = self._open()
+        if opened is None or item_id not in opened[1]:
+            return None
+        dataset, positions = opened
+        pixels = dataset[positions[item_id]][0]
+        return pixels if isinstance(pixels, Image.Image) else tensor_image(pixels)
