@@ -83,7 +83,10 @@ def serve(
         cors_origins=tuple(cors_origin or ()),
         model_name=str(run_dir / "model"),
     )
-    app = create_app(searcher, settings, DatasetImages.of_run(run_dir))
+    gallery = DatasetImages.of_run(run_dir)
+    if gallery is not None:
+        gallery.warm()
+    app = create_app(searcher, settings, gallery)
     typer.echo(
         f"serving {len(searcher.index)} items of {run_dir} at http://{host}:{port}/ "
         f"(API docs at /docs)",

@@ -14,6 +14,7 @@ import numpy as np
 import yaml
 from PIL import Image
 
+from deepembed.data.images import load_image
 from deepembed.service.images import tensor_image
 
 log = logging.getLogger(__name__)
@@ -68,5 +69,13 @@ class DatasetImages:
         if opened is None or item_id not in opened[1]:
             return None
         dataset, positions = opened
+        paths = getattr(dataset, "paths", None)
+        if paths is not None:  # an image-file dataset: the file itself, not its transform
+            return load_image(paths[positions[item_id]])
         pixels = dataset[positions[item_id]][0]
         return pixels if isinstance(pixels, Image.Image) else tensor_image(pixels)
+
+    def warm(self) -> None:
+        """Open the dataset now, in a background thread (mnist30 takes ~10 s): the first
+        thumbnail request then does not wait for it."""
+        threading.Thread(target=self._open, name="gallery-images", daemon=True).start()
