@@ -143,3 +143,14 @@ def test_micro_batching_embeds_together_with_the_same_results(run_dir: Path) -> 
     assert results["batched"] == results["one-by-one"]
     assert batches["one-by-one"] == 12
     assert batches["batched"] < 12  # 12 requests at once: embedded in fewer passes
+
+
+def test_an_unexpected_failure_is_a_json_500_without_traceback(client) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("secret internals /etc/x")
+
+    client.app.state.service.searcher.by_id = broken
+    answer = client.post("/search", json={"id": 1})
+    assert answer.status_code == 500
+    assert answer.json() == {"error": "internal error (see the server log)"}
+    assert client.get("/health").status_code == 200

@@ -150,3 +150,26 @@ def test_hostile_request_gets_a_4xx_json_error_and_changes_nothing(
 
 def test_at_least_thirty_hostile_cases() -> None:
     assert len(CASES) >= 30
+
+
+def test_a_chunked_body_over_the_limit_is_cut_off_while_it_streams(hostile) -> None:
+    """No Content-Length (chunked transfer): the cap applies as the bytes arrive."""
+    _, client = hostile
+    boundary = "b0undary"
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n'
+        "Content-Type: image/png\r\n\r\n"
+    ).encode()
+
+    def chunks():
+        yield head
+        for _ in range(LIMIT // 10_000 + 2):
+            yield b"\0" * 10_000
+
+    answer = client.post(
+        "/search",
+        content=chunks(),
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+    )
+    assert answer.status_code == 413 and "too large" in answer.json()["error"], answer.text
+    assert client.get("/health").json()["items"] == 30

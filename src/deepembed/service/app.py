@@ -25,7 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from deepembed.errors import UserError
 from deepembed.index.searcher import Searcher
-from deepembed.service.errors import ApiError, BodyTooLargeError
+from deepembed.service.errors import ApiError, BodyTooLargeError, body_too_large
 from deepembed.service.routes import add_routes
 from deepembed.service.settings import ServiceSettings
 from deepembed.service.state import GalleryImages, ServiceState
@@ -131,11 +131,12 @@ def create_app(
         start = time.perf_counter()
         try:
             response = await call_next(request)
-        except BodyTooLargeError as exc:
-            response = JSONResponse({"error": str(exc)}, 413)
-        except Exception:  # never a traceback to the client; the log has it
-            log.exception("%s %s failed", request.method, request.url.path)
-            response = JSONResponse({"error": "internal error (see the server log)"}, 500)
+        except Exception as exc:  # never a traceback to the client; the log has it
+            if (too_large := body_too_large(exc)) is not None:
+                response = JSONResponse({"error": str(too_large)}, 413)
+            else:
+                log.exception("%s %s failed", request.method, request.url.path)
+                response = JSONResponse({"error": "internal error (see the server log)"}, 500)
         route = request.scope.get("route")
         template = getattr(route, "path", "unmatched")
         state.metrics.observe(

@@ -21,3 +21,14 @@ class NotFoundError(DataError):
     """An unknown item id (HTTP 404)."""
 
     status = 404
+
+
+def body_too_large(exc: BaseException) -> BodyTooLargeError | None:
+    """The BodyTooLargeError inside `exc`, which anyio's task groups (Starlette's
+    middleware) may have wrapped in an ExceptionGroup; None when there is none."""
+    if isinstance(exc, BodyTooLargeError):
+        return exc
+    for inner in getattr(exc, "exceptions", ()):
+        if (found := body_too_large(inner)) is not None:
+            return found
+    return None

@@ -17,7 +17,7 @@ from fastapi.responses import FileResponse, HTMLResponse, PlainTextResponse, Res
 from starlette.datastructures import FormData, UploadFile
 
 from deepembed.index.searcher import Hit
-from deepembed.service.errors import ApiError, BodyTooLargeError
+from deepembed.service.errors import ApiError, body_too_large
 from deepembed.service.images import MEDIA_TYPES, decode, thumbnail
 from deepembed.service.state import ServiceState
 
@@ -85,8 +85,8 @@ def add_routes(app: FastAPI, state: ServiceState, check_key: Callable[[Request],
         try:
             return await request.form(max_files=max_files, max_fields=20)
         except Exception as exc:  # malformed multipart; a body over the cap propagates
-            if isinstance(exc, BodyTooLargeError):
-                raise
+            if (too_large := body_too_large(exc)) is not None:
+                raise error(413, str(too_large)) from None
             raise error(400, f"bad multipart form: {exc}") from None
 
     async def image_of(upload: Any, name: str) -> tuple[Any, bytes, str]:
