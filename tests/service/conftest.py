@@ -96,16 +96,15 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         env = os.environ | {"PYTHONUNBUFFERED": "1"}
         cmd = [sys.executable, "-m", "deepembed", "serve", str(run), "--port", str(self.port)]
-        self.process = subprocess.Popen(
-            [*cmd, "--api-key", KEY, *extra],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
+        self.log = run.parent / f"server-{self.port}.log"  # a file: a pipe left unread fills
+        with self.log.open("wb") as log:
+            self.process = subprocess.Popen(
+                [*cmd, "--api-key", KEY, *extra], env=env, stdout=log, stderr=log
+            )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"server exited: {self.process.stderr.read().decode()}")
+                raise RuntimeError(f"server exited: {self.log.read_text()}")
             try:
                 if httpx.get(self.url + "/health", timeout=1).status_code == 200:
                     return

@@ -48,6 +48,7 @@ class FaissIndex:
         self._view: np.ndarray | None = None  # cached IDMap position -> id view
         self._own_params: list[Any] = []  # [the faiss SearchParameters of self._params]
         self._inner: tuple[Any, Any] = (None, None)  # (structure, its IDMap's inner index)
+        self._names: dict[int, str] | None = None  # cached class_names
 
     @classmethod
     def create(cls, dim: int, metric: str, spec: str, path: Path | None = None) -> FaissIndex:
@@ -81,11 +82,16 @@ class FaissIndex:
 
     @property
     def class_names(self) -> dict[int, str]:
-        return {int(k): v for k, v in self.catalogue.get("class_names", {}).items()}
+        """Label -> name; read once (every search's hits ask: a service's searches queued on
+        the catalogue's connection for it)."""
+        if self._names is None:
+            self._names = {int(k): v for k, v in self.catalogue.get("class_names", {}).items()}
+        return dict(self._names)
 
     @class_names.setter
     def class_names(self, names: dict[int, str]) -> None:
         self.catalogue.set(class_names={str(k): str(v) for k, v in names.items()})
+        self._names = None
 
     @property
     def dead(self) -> int:

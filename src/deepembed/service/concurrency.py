@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
+from starlette.concurrency import run_in_threadpool
 
 
 class ReadWriteLock:
@@ -103,7 +104,7 @@ class MicroBatcher:
     async def _run(self, batch: list[tuple[Any, asyncio.Future[np.ndarray]]]) -> None:
         images = [image for image, _ in batch]
         try:
-            rows = await asyncio.to_thread(self._locked, images)
+            rows = await run_in_threadpool(self._locked, images)
         except Exception as exc:  # every waiter gets the error
             for _, future in batch:
                 if not future.done():

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 import numpy as np
 from fastapi import FastAPI, Path, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, PlainTextResponse, Response
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
 
 from deepembed.index.searcher import Hit
@@ -94,7 +95,7 @@ def add_routes(app: FastAPI, state: ServiceState, check_key: Callable[[Request],
             raise error(400, f"{name} must be an uploaded file")
         data = await upload.read()
         label = upload.filename or name
-        image, fmt = await asyncio.to_thread(decode, data, label, settings.max_pixels)
+        image, fmt = await run_in_threadpool(decode, data, label, settings.max_pixels)
         return image, data, fmt
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -108,7 +109,7 @@ def add_routes(app: FastAPI, state: ServiceState, check_key: Callable[[Request],
 
     @app.get("/stats", summary="Items, index type, model, uptime, batching.")
     async def stats() -> dict[str, Any]:
-        return await asyncio.to_thread(state.stats)
+        return await run_in_threadpool(state.stats)
 
     @app.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics.")
     async def metrics() -> PlainTextResponse:
@@ -150,7 +151,7 @@ def add_routes(app: FastAPI, state: ServiceState, check_key: Callable[[Request],
                 query["vector"] = vector_of(body["vector"])
         else:
             raise error(415, "send multipart/form-data (an image) or application/json")
-        return _hits(await asyncio.to_thread(state.search, query), started)
+        return _hits(await run_in_threadpool(state.search, query), started)
 
     @app.post("/items", summary="Add images (multipart: image files, label, metadata).")
     async def add_items(request: Request) -> dict[str, Any]:
@@ -170,30 +171,30 @@ def add_routes(app: FastAPI, state: ServiceState, check_key: Callable[[Request],
         rows = await asyncio.gather(*(state.batcher.embed(image) for image, _, _ in decoded))
         labels = None if label is None else [int(label)] * len(files)
         uploads = [(data, fmt) for _, data, fmt in decoded]
-        ids = await asyncio.to_thread(state.add, np.stack(rows), uploads, labels, metas)
+        ids = await run_in_threadpool(state.add, np.stack(rows), uploads, labels, metas)
         return {"ids": ids}
 
     @app.get("/items/{item_id}", summary="An item's label and metadata.")
     async def get_item(item_id: ItemId) -> dict[str, Any]:
-        out = await asyncio.to_thread(state.item, item_id)
+        out = await run_in_threadpool(state.item, item_id)
         return out | {"image": f"/items/{item_id}/image"}
 
     @app.get("/items/{item_id}/image", summary="The stored image, or a thumbnail (?size=).")
     async def item_image(
         item_id: ItemId, size: Annotated[int | None, Query(ge=16, le=1024)] = None
     ) -> Response:
-        path, image = await asyncio.to_thread(state.image, item_id)
+        path, image = await run_in_threadpool(state.image, item_id)
         if path is not None and size is None:
             return FileResponse(path, media_type=MEDIA_TYPES.get(path.suffix, "image/png"))
         if path is not None:
             from deepembed.data.images import load_image
 
-            image = await asyncio.to_thread(load_image, path, settings.max_pixels)
-        png = await asyncio.to_thread(thumbnail, image, size or 512)
+            image = await run_in_threadpool(load_image, path, settings.max_pixels)
+        png = await run_in_threadpool(thumbnail, image, size or 512)
         return Response(png, media_type="image/png")
 
     @app.delete("/items/{item_id}", summary="Remove an item (and its stored image).")
     async def delete_item(item_id: ItemId, request: Request) -> dict[str, Any]:
         check_key(request)
-        await asyncio.to_thread(state.remove, item_id)
+        await run_in_threadpool(state.remove, item_id)
         return {"removed": item_id}

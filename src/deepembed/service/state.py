@@ -4,6 +4,7 @@ the routes hand to worker threads (search, add, remove), each under the right lo
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -42,6 +43,8 @@ class ServiceState:
         if self.store is not None:  # images of adds a crash cut short (never acknowledged)
             self.store.sweep(self.index.next_id())
         self._since_snapshot = 0
+        self._ids_lock = threading.Lock()
+        self._next_id = self.index.next_id()
 
     # -- reads ---------------------------------------------------------------------------
     def search(self, query: dict[str, Any]) -> list[Hit]:
@@ -88,26 +91,27 @@ class ServiceState:
         labels: list[int] | None,
         metadata: list[dict[str, Any]],
     ) -> list[int]:
-        """Add embedded uploads: ids allocated, images stored (fsynced), then the catalogue
-        commit; returns the new ids once they are durable."""
-        with self.lock.write():
-            first = self.index.next_id()
-            ids = list(range(first, first + len(vectors)))
-            sources: list[str | None] = [None] * len(ids)
-            try:
-                if self.store is not None:
-                    sources = [
-                        str(self.store.put(i, data, fmt))
-                        for i, (data, fmt) in zip(ids, uploads, strict=True)
-                    ]
+        """Add embedded uploads: ids reserved, images stored (fsynced) while searches go on,
+        then the catalogue commit under the write lock; returns the ids once durable."""
+        with self._ids_lock:  # ids are never reused: a refused add leaves a gap
+            ids = list(range(self._next_id, self._next_id + len(vectors)))
+            self._next_id += len(vectors)
+        sources: list[str | None] = [None] * len(ids)
+        try:
+            if self.store is not None:
+                sources = [
+                    str(self.store.put(i, data, fmt))
+                    for i, (data, fmt) in zip(ids, uploads, strict=True)
+                ]
+            with self.lock.write():
                 self.index.add(vectors, np.asarray(ids, np.int64), labels, metadata, sources)
-            except BaseException:  # refused (bad metadata ...): no file left behind
-                for i in ids if self.store is not None else ():
-                    self.store.remove(i)
-                raise
-            self._since_snapshot += len(ids)
-            if self._since_snapshot >= self.settings.snapshot_every:
-                self._snapshot()
+                self._since_snapshot += len(ids)
+                if self._since_snapshot >= self.settings.snapshot_every:
+                    self._snapshot()
+        except BaseException:  # refused (bad metadata ...): no file left behind
+            for i in ids if self.store is not None else ():
+                self.store.remove(i)
+            raise
         return ids
 
     def remove(self, item_id: int) -> None:
