@@ -29,16 +29,27 @@ async function post(body, headers) {
   return answer.results;
 }
 
+// three decimals, unless that would read 0.000 (near-duplicates, untrained models)
+const formatDistance = (d) => (d !== 0 && Math.abs(d) < 0.001 ? d.toExponential(1) : d.toFixed(3));
+
+// small images (a 28-px digit) scaled up: keep their pixels sharp instead of blurred
+function sharpenWhenSmall(img) {
+  img.addEventListener("load", () => {
+    if (img.naturalWidth * 2 <= img.clientWidth) img.style.imageRendering = "pixelated";
+  });
+}
+
 function show(results) {
   const grid = $("results");
   grid.replaceChildren();
   for (const hit of results) {
     const tile = $("tile").content.firstElementChild.cloneNode(true);
     tile.dataset.id = hit.id;
+    sharpenWhenSmall(tile.querySelector("img"));
     tile.querySelector("img").src = hit.thumbnail;
     tile.querySelector("img").alt = `item ${hit.id}`;
     tile.querySelector(".name").textContent = hit.label_name ?? `label ${hit.label}`;
-    tile.querySelector(".distance").textContent = hit.distance.toFixed(3);
+    tile.querySelector(".distance").textContent = formatDistance(hit.distance);
     tile.addEventListener("click", () => searchById(hit.id, hit.thumbnail));
     grid.append(tile);
   }
@@ -58,9 +69,12 @@ async function run(task) {
   }
 }
 
+let again = null; // the last search, re-run when k or the label filter changes
+
 function searchByFile(file) {
   if (!file) return;
   setQuery(URL.createObjectURL(file));
+  again = () => searchByFile(file);
   run(() => {
     const form = new FormData();
     form.append("image", file);
@@ -73,11 +87,19 @@ function searchByFile(file) {
 
 function searchById(id, thumbnail) {
   setQuery(thumbnail);
+  again = () => searchById(id, thumbnail);
   run(() => post(JSON.stringify({ id, k: k(), filters: filters() }),
     { "Content-Type": "application/json" }));
 }
 
-$("file").addEventListener("change", (event) => searchByFile(event.target.files[0]));
+$("file").addEventListener("change", (event) => {
+  searchByFile(event.target.files[0]);
+  event.target.value = ""; // picking the same file again searches again
+});
+for (const id of ["k", "label-filter"]) {
+  $(id).addEventListener("change", () => again && again());
+}
+sharpenWhenSmall($("query-image"));
 const drop = $("drop");
 drop.addEventListener("dragover", (event) => { event.preventDefault(); drop.classList.add("over"); });
 drop.addEventListener("dragleave", () => drop.classList.remove("over"));
