@@ -145,3 +145,33 @@ def test_the_app_over_milvus_lite(tmp_path: Path, run_dir: Path) -> None:
         again = client.post("/search", json={"vector": vectors[3].tolist(), "k": 3}).json()
         assert 3 not in [h["id"] for h in again["results"]]
         assert client.get("/health").json()["items"] == 20
+
+
+def test_micro_batcher_groups_what_arrives_during_a_pass_and_survives_errors() -> None:
+    import asyncio
+
+    from deepembed.service.concurrency import MicroBatcher
+
+    sizes: list[int] = []
+
+    def embed_many(images: list[int]) -> np.ndarray:
+        sizes.append(len(images))
+        time.sleep(0.2)
+        if -1 in images:
+            raise RuntimeError("model failed")
+        return np.asarray(images, np.float32)[:, None] * 2
+
+    async def scenario() -> tuple[list[object], list[float]]:
+        batcher = MicroBatcher(embed_many, wait_ms=0, max_batch=4)
+        first = asyncio.create_task(batcher.embed(1))
+        await asyncio.sleep(0.05)  # the first pass is running: the next 6 wait for it
+        rest = [asyncio.create_task(batcher.embed(x)) for x in (2, 3, -1, 5, 6, 7)]
+        got = await asyncio.gather(first, *rest, return_exceptions=True)
+        after = await batcher.embed(8)  # the batcher still works after a failed pass
+        return got, [float(after[0])]
+
+    got, after = asyncio.run(scenario())
+    assert sizes == [1, 4, 2, 1]  # alone, then the waiting ones in passes of max_batch
+    assert float(got[0][0]) == 2.0
+    assert all(isinstance(g, RuntimeError) for g in got[1:5])  # the failed pass's waiters
+    assert [float(g[0]) for g in got[5:]] == [12.0, 14.0] and after == [16.0]

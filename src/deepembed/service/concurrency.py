@@ -57,11 +57,14 @@ class ReadWriteLock:
 
 
 class MicroBatcher:
-    """`await embed(image)`: images that arrive within `wait_ms` of the first (up to
-    `max_batch`) are embedded together by `embed_many` in a worker thread, off the event
-    loop. max_batch 1 embeds each image alone (batching off).
+    """`await embed(image)`: images embedded together by `embed_many` in a worker thread,
+    off the event loop, one forward pass at a time (passes in parallel threads would fight
+    over the cores).
 
-    `batches` and `batched_items` count what happened (mean batch size = their ratio)."""
+    While a pass runs, the images that arrive wait for it and go together in the next one
+    (up to `max_batch`); when none runs, the first image waits up to `wait_ms` for company.
+    So the batch grows with the load by itself. max_batch 1 embeds each image alone
+    (batching off). `batches` and `batched_items` count what happened."""
 
     def __init__(
         self, embed_many: Callable[[list[Any]], np.ndarray], wait_ms: float, max_batch: int
@@ -71,8 +74,7 @@ class MicroBatcher:
         self.max_batch = max(1, int(max_batch))
         self._pending: list[tuple[Any, asyncio.Future[np.ndarray]]] = []
         self._flusher: asyncio.Task[None] | None = None
-        self._running: set[asyncio.Task[None]] = set()  # referenced until done
-        self._gate = threading.Semaphore(1)  # one forward pass at a time: threads would fight
+        self._task: asyncio.Task[None] | None = None  # the pass in flight
         self.batches = 0
         self.batched_items = 0
 
@@ -80,45 +82,43 @@ class MicroBatcher:
         """The embedding (or packed code) row of one image."""
         future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
         self._pending.append((image, future))
-        if len(self._pending) >= self.max_batch:
-            self._start(now=True)
-        elif self._flusher is None:
-            self._flusher = asyncio.create_task(self._flush_later())
+        if self._task is None:  # else the pass in flight starts the next when it ends
+            if len(self._pending) >= self.max_batch or self.wait == 0:
+                self._start()
+            elif self._flusher is None:
+                self._flusher = asyncio.create_task(self._flush_later())
         return await future
 
-    def _start(self, now: bool) -> None:
-        batch, self._pending = self._pending, []
-        if self._flusher is not None and now:
+    def _start(self) -> None:
+        if self._flusher is not None:
             self._flusher.cancel()
-        self._flusher = None
-        if batch:
-            task = asyncio.create_task(self._run(batch))
-            self._running.add(task)
-            task.add_done_callback(self._running.discard)
+            self._flusher = None
+        if self._pending and self._task is None:
+            batch = self._pending[: self.max_batch]
+            del self._pending[: self.max_batch]
+            self._task = asyncio.create_task(self._run(batch))
 
     async def _flush_later(self) -> None:
         await asyncio.sleep(self.wait)
         self._flusher = None
-        self._start(now=False)
+        self._start()
 
     async def _run(self, batch: list[tuple[Any, asyncio.Future[np.ndarray]]]) -> None:
-        images = [image for image, _ in batch]
         try:
-            rows = await run_in_threadpool(self._locked, images)
-        except Exception as exc:  # every waiter gets the error
+            rows = await run_in_threadpool(self._embed_many, [image for image, _ in batch])
+        except Exception as exc:  # every waiter of this pass gets the error
             for _, future in batch:
                 if not future.done():
                     future.set_exception(exc)
-            return
-        self.batches += 1
-        self.batched_items += len(batch)
-        for (_, future), row in zip(batch, rows, strict=True):
-            if not future.done():
-                future.set_result(row)
-
-    def _locked(self, images: list[Any]) -> np.ndarray:
-        with self._gate:
-            return self._embed_many(images)
+        else:
+            self.batches += 1
+            self.batched_items += len(batch)
+            for (_, future), row in zip(batch, rows, strict=True):
+                if not future.done():
+                    future.set_result(row)
+        finally:
+            self._task = None
+            self._start()  # what arrived meanwhile, at once
 
 
 class Uptime:
