@@ -63,8 +63,9 @@ class MicroBatcher:
 
     While a pass runs, the images that arrive wait for it and go together in the next one
     (up to `max_batch`); when none runs, the first image waits up to `wait_ms` for company.
-    So the batch grows with the load by itself. max_batch 1 embeds each image alone
-    (batching off). `batches` and `batched_items` count what happened."""
+    So the batch grows with the load by itself. max_batch 1 turns batching off: each image
+    is embedded alone in its own worker thread, passes running side by side as threads
+    calling the model in-process would. `batches` and `batched_items` count what happened."""
 
     def __init__(
         self, embed_many: Callable[[list[Any]], np.ndarray], wait_ms: float, max_batch: int
@@ -80,6 +81,11 @@ class MicroBatcher:
 
     async def embed(self, image: Any) -> np.ndarray:
         """The embedding (or packed code) row of one image."""
+        if self.max_batch == 1:  # batching off: each image in its own thread, as callers
+            rows = await run_in_threadpool(self._embed_many, [image])  # in-process would
+            self.batches += 1
+            self.batched_items += 1
+            return rows[0]
         future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
         self._pending.append((image, future))
         if self._task is None:  # else the pass in flight starts the next when it ends
