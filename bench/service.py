@@ -45,7 +45,6 @@ import io
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
@@ -66,7 +65,9 @@ from deepembed.index.specs import parse_spec
 from deepembed.models.embedder import Embedder, EmbedderSpec
 from deepembed.service.concurrency import ReadWriteLock
 
-KEY = "bench-key"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.service.conftest
+from tests.service.conftest import KEY, Server
+
 K = 10
 ADD_SHARE = 0.1
 MODES = ("in-process", "batched", "unbatched")
@@ -196,53 +197,6 @@ def in_process(run: Path, pool: list[bytes], args: argparse.Namespace) -> Tally:
     return tally
 
 
-class Server:
-    """`deepembed serve RUN` as a subprocess on a free loopback port; stderr to a file."""
-
-    def __init__(self, run: Path, options: list[str], threads: int = 0) -> None:
-        import socket
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}"
-        self.log = run / "serve.log"
-        cmd = [sys.executable, "-m", "deepembed", "serve", str(run), "--port", str(port)]
-        env = os.environ | ({"OMP_NUM_THREADS": str(threads)} if threads else {})
-        with self.log.open("wb") as log:
-            self.process = subprocess.Popen(
-                [*cmd, "--api-key", KEY, *options], env=env, stdout=subprocess.DEVNULL, stderr=log
-            )
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited: {self.log.read_text()}")
-            try:
-                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        self.stop()
-        raise RuntimeError("server did not start in 120 s")
-
-    def cpu(self) -> float | None:
-        """The server's CPU seconds so far (Linux /proc), or None."""
-        try:
-            fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        except (OSError, ValueError, IndexError):
-            return None
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-
 async def request(client: httpx.AsyncClient, data: bytes, add: bool) -> str | None:
     """One search or add; None when it answered as it should, else what went wrong."""
     files = {"image": ("q.png", data, "image/png")}
@@ -297,7 +251,8 @@ async def load(url: str, pool: list[bytes], args: argparse.Namespace) -> Tally:
 
 def over_http(run: Path, mode: str, pool: list[bytes], args: argparse.Namespace) -> Tally:
     """Start the server, warm it up, load it, read its batching figures, stop it."""
-    server = Server(run, SERVE_OPTIONS[mode], args.torch_threads)
+    threads = {"OMP_NUM_THREADS": str(args.torch_threads)} if args.torch_threads else {}
+    server = Server(run, *SERVE_OPTIONS[mode], env=threads, timeout=120)
     try:
         with httpx.Client(base_url=server.url, timeout=60) as client:
             for data in pool[:10]:  # warm-up, not counted

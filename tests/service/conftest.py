@@ -89,31 +89,48 @@ def free_port() -> int:
 
 
 class Server:
-    """`deepembed serve RUN` as a subprocess on a loopback port."""
+    """`deepembed serve RUN` as a subprocess on a free loopback port, its output in a log
+    file (a pipe left unread fills and stalls the server); used by tests and benches."""
 
-    def __init__(self, run: Path, *extra: str) -> None:
+    def __init__(
+        self, run: Path, *extra: str, env: dict[str, str] | None = None, timeout: float = 60
+    ) -> None:
         self.run, self.port = run, free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = os.environ | {"PYTHONUNBUFFERED": "1"}
         cmd = [sys.executable, "-m", "deepembed", "serve", str(run), "--port", str(self.port)]
-        self.log = run.parent / f"server-{self.port}.log"  # a file: a pipe left unread fills
+        self.log = run.parent / f"server-{self.port}.log"
         with self.log.open("wb") as log:
             self.process = subprocess.Popen(
-                [*cmd, "--api-key", KEY, *extra], env=env, stdout=log, stderr=log
+                [*cmd, "--api-key", KEY, *extra],
+                env=os.environ | {"PYTHONUNBUFFERED": "1"} | (env or {}),
+                stdout=log,
+                stderr=log,
             )
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited: {self.log.read_text()}")
             try:
-                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
+                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
                     return
             except httpx.HTTPError:
                 time.sleep(0.2)
         self.stop()
-        raise RuntimeError("server did not start in 60 s")
+        raise RuntimeError(f"server did not start in {timeout:.0f} s")
+
+    def cpu(self) -> float | None:
+        """The server's CPU seconds so far (Linux /proc), or None."""
+        try:
+            fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError, IndexError):
+            return None
 
     def stop(self, kill: bool = False) -> None:
         if self.process.poll() is None:
             self.process.kill() if kill else self.process.terminate()
-            self.process.wait(30)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()

@@ -297,7 +297,8 @@ class FaissIndex:
             sel = None if subset is None else fp.batch_selector(subset)
             raw, ids = fp.faiss_search(structure, x, k, self._search_params(params, sel))
         elif subset is None and self.dead and spec.family == "hash":
-            raw, ids = self._overfetch(x, k)
+            assert self._live is not None
+            raw, ids = fp.overfetch(self._inner_index(), self._live, self._id_view(), x, k)
         else:
             # the IDMap's inner index, positions mapped to ids here: IndexIDMap.search adds an
             # OpenMP region of its own, which cost ~6 ms a query on a busy 2-core machine
@@ -331,21 +332,6 @@ class FaissIndex:
         if self._live_sel is None:
             self._live_sel = fp.bitmap_selector(self._live)
         return self._live_sel
-
-    def _overfetch(self, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Search k + dead positions and keep the first k live ones (BHash has no selector)."""
-        assert self._live is not None
-        fetch = min(k + self.dead, int(self._structure.ntotal))
-        raw, pos = fp.faiss_search(self._inner_index(), x, fetch)
-        keep = (pos >= 0) & self._live[np.maximum(pos, 0)]
-        order = np.argsort(~keep, axis=1, kind="stable")[:, :k]  # live first, in rank order
-        raw, pos, keep = (np.take_along_axis(a, order, 1) for a in (raw, pos, keep))
-        ids = np.where(keep, self._id_view()[np.maximum(pos, 0)], -1)
-        if ids.shape[1] < k:
-            pad = k - ids.shape[1]
-            raw = np.pad(raw, ((0, 0), (0, pad)))
-            ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=-1)
-        return raw, ids
 
     def _exact(self, x: np.ndarray, k: int, subset: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Brute force over the catalogue's vectors of `subset`."""

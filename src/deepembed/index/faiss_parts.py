@@ -240,3 +240,21 @@ def faiss_search(
     sp = faiss.swig_ptr
     index.search_c(n, sp(x), k, sp(distances), sp(ids), params)
     return distances, ids
+
+
+def overfetch(
+    inner: Any, live: np.ndarray, view: np.ndarray, x: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(raw, ids) of an IDMap's `inner` index that takes no selector (BHash): search k +
+    the tombstones' count positions, keep the first k `live` ones, ids through `view`."""
+    fetch = min(k + int(len(live) - live.sum()), len(live))
+    raw, pos = faiss_search(inner, x, fetch)
+    keep = (pos >= 0) & live[np.maximum(pos, 0)]
+    order = np.argsort(~keep, axis=1, kind="stable")[:, :k]  # live first, in rank order
+    raw, pos, keep = (np.take_along_axis(a, order, 1) for a in (raw, pos, keep))
+    ids = np.where(keep, view[np.maximum(pos, 0)], -1)
+    if ids.shape[1] < k:
+        pad = k - ids.shape[1]
+        raw = np.pad(raw, ((0, 0), (0, pad)))
+        ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=-1)
+    return raw, ids
