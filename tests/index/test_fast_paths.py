@@ -96,14 +96,18 @@ def test_faiss_search_equals_faiss_own_search_float_and_binary() -> None:
     flat.train(x)
     flat.add(x)
     params = faiss.SearchParametersIVF(nprobe=3)
+    # faiss's own numpy search: pytorch-metric-learning (imported by other tests) installs
+    # faiss.contrib.torch_utils, whose `search` takes no params and keeps this one aside
+    own = getattr(flat, "search_numpy", flat.search)
     for rows in (x[:1], x[:5]):
-        got, want = fp.faiss_search(flat, rows, 7, params), flat.search(rows, 7, params=params)
+        got, want = fp.faiss_search(flat, rows, 7, params), own(rows, 7, params=params)
         for a, b in zip(got, want, strict=True):
             np.testing.assert_array_equal(a, b)
     codes = np.random.default_rng(0).integers(0, 256, size=(300, 8), dtype=np.uint8)
     binary = faiss.IndexBinaryFlat(64)
     binary.add(codes)
-    got, want = fp.faiss_search(binary, codes[:3], 5), binary.search(codes[:3], 5)
+    own = getattr(binary, "search_numpy", binary.search)
+    got, want = fp.faiss_search(binary, codes[:3], 5), own(codes[:3], 5)
     assert got[0].dtype == np.int32
     for a, b in zip(got, want, strict=True):
         np.testing.assert_array_equal(a, b)

@@ -105,3 +105,16 @@ def test_cli_refusals_are_one_line_exit_2(tmp_path: Path) -> None:
     no_index = tmp_path / "empty"
     no_index.mkdir()
     assert "no index in" in runner.invoke(app, ["serve", str(no_index)]).output
+
+
+def test_a_refused_serve_leaves_the_process_thread_counts_alone(tmp_path: Path) -> None:
+    """serve sets torch's and faiss's thread counts for the whole process: only when it
+    actually serves (tests and library users calling the CLI in-process keep theirs)."""
+    import faiss
+    import torch
+
+    before = torch.get_num_threads(), faiss.omp_get_max_threads()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert CliRunner().invoke(app, ["serve", str(empty)]).exit_code == 2
+    assert (torch.get_num_threads(), faiss.omp_get_max_threads()) == before

@@ -70,13 +70,6 @@ def serve(
         )
     if not 1 <= port <= 65535:
         raise DataError(f"--port must be 1-65535, got {port}")
-    # one faiss thread per search: concurrency comes from concurrent requests, and OpenMP
-    # threads of simultaneous searches would fight over the cores
-    faiss.omp_set_num_threads(1)
-    # torch: half the cores for the (micro-batched) forward passes, the rest for HTTP,
-    # decoding and searches; measured on 2 cores under load, one small forward pass took
-    # 2.5 ms with 1 thread and 26-54 ms with 2 threads fighting the server's other work
-    torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
     searcher = Searcher.open(index or _index_of(run_dir), run_dir / "model")
     searcher.model  # load and check the model now, not at the first request  # noqa: B018
     settings = ServiceSettings(
@@ -97,4 +90,12 @@ def serve(
         f"(API docs at /docs)",
         err=True,
     )
+    # Thread counts are process-wide: set only here, when serving starts (a refused call
+    # leaves them alone). faiss: one thread per search, as concurrency comes from
+    # concurrent requests and the OpenMP threads of simultaneous searches would fight.
+    faiss.omp_set_num_threads(1)
+    # torch: half the cores for the (micro-batched) forward passes, the rest for HTTP,
+    # decoding and searches; measured on 2 cores under load, one small forward pass took
+    # 2.5 ms with 1 thread and 26-54 ms with 2 threads fighting the server's other work
+    torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
     uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
