@@ -3,11 +3,14 @@ model), `deepembed serve`, one upload (item 4's own image), the result grid, in 
 Debian chromium at desktop (1280x800) and phone (390x844) sizes.
 
     .venv/bin/python bench/screenshot_page.py   # from the repository root
+    .venv/bin/python bench/screenshot_page.py --run runs/mnist30 --query runs/mnist30/query.png
 
-Writes docs/service-page.png and docs/service-page-phone.png."""
+Writes docs/service-page.png and docs/service-page-phone.png; with --run, a real run
+directory (e.g. the one `make demo` writes) is served and --query uploaded instead."""
 
 from __future__ import annotations
 
+import argparse
 import sys
 import tempfile
 from pathlib import Path
@@ -54,12 +57,19 @@ def shoot(browser: Browser, url: str, query: Path, out: Path, context: dict) -> 
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", type=Path, help="a run directory to serve (default: test data)")
+    parser.add_argument("--query", type=Path, help="the image to upload (with --run)")
+    args = parser.parse_args()
     docs = ROOT / "docs"
     with tempfile.TemporaryDirectory() as tmp:
-        run = make_run(Path(tmp))
-        query = Path(tmp) / "query.png"
-        query.write_bytes(png(4, colour=1))  # indexed item 4's bytes
-        server = Server(run)
+        if args.run is not None:
+            run, query = args.run, args.query
+        else:
+            run = make_run(Path(tmp))
+            query = Path(tmp) / "query.png"
+            query.write_bytes(png(4, colour=1))  # indexed item 4's bytes
+        server = Server(run, timeout=120)
         try:
             with sync_playwright() as p:
                 browser = p.chromium.launch(

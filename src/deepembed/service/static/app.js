@@ -29,8 +29,12 @@ async function post(body, headers) {
   return answer.results;
 }
 
-// three decimals, unless that would read 0.000 (near-duplicates, untrained models)
-const formatDistance = (d) => (d !== 0 && Math.abs(d) < 0.001 ? d.toExponential(1) : d.toFixed(3));
+// three decimals, unless that would read 0.000 (near-duplicates, untrained models);
+// below 1e-6 it is float rounding (an item's distance to itself, -2e-7): 0
+function formatDistance(d) {
+  if (Math.abs(d) < 1e-6) return "0.000";
+  return Math.abs(d) < 0.001 ? d.toExponential(1) : d.toFixed(3);
+}
 
 // small images (a 28-px digit) scaled up: keep their pixels sharp instead of blurred
 function sharpenWhenSmall(img) {
@@ -48,7 +52,9 @@ function show(results) {
     sharpenWhenSmall(tile.querySelector("img"));
     tile.querySelector("img").src = hit.thumbnail;
     tile.querySelector("img").alt = `item ${hit.id}`;
-    tile.querySelector(".name").textContent = hit.label_name ?? `label ${hit.label}`;
+    const name = hit.label_name ?? `label ${hit.label}`;
+    tile.querySelector(".name").textContent = name.split("/").pop(); // "fashion_mnist/sandal"
+    tile.title = `${name} · item ${hit.id} · click to search with it`;
     tile.querySelector(".distance").textContent = formatDistance(hit.distance);
     tile.addEventListener("click", () => searchById(hit.id, hit.thumbnail));
     grid.append(tile);
