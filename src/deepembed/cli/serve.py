@@ -42,7 +42,8 @@ def serve(
         typer.Option(help="Key every change must carry (X-API-Key); or $DEEPEMBED_API_KEY."),
     ] = None,
     public_without_key: Annotated[
-        bool, typer.Option(help="Allow a non-loopback --host with no API key.")
+        bool,
+        typer.Option("--public-without-key", help="Allow a non-loopback --host with no API key."),
     ] = False,
     max_batch: Annotated[int, typer.Option(help="Images embedded together (1: off).")] = 32,
     batch_wait_ms: Annotated[float, typer.Option(help="Wait for more images (ms).")] = 5.0,
