@@ -129,10 +129,11 @@ def add_routes(app: FastAPI, state: ServiceState, check_key: Callable[[Request],
             form = await form_of(request, 1)
             if "image" not in form:
                 raise error(400, "multipart search needs an `image` file")
-            image, _, _ = await image_of(form["image"], "image")
-            query: dict[str, Any] = {"vector": await state.batcher.embed(image)}
-            query["k"] = k_of(form.get("k", 10))
+            # k and filters first: a bad one costs no decoding or embedding
+            query: dict[str, Any] = {"k": k_of(form.get("k", 10))}
             query["filters"] = filters_of(form.get("filters"))
+            image, _, _ = await image_of(form["image"], "image")
+            query["vector"] = await state.batcher.embed(image)
         elif kind == "application/json":
             body = json_of(await request.body(), "the request body")
             if not isinstance(body, dict) or ("id" in body) == ("vector" in body):

@@ -15,6 +15,7 @@ from PIL import Image
 
 from deepembed.data.images import load_image
 from deepembed.errors import DataError
+from deepembed.index.base import Item
 from deepembed.index.searcher import Hit, Searcher
 from deepembed.service.concurrency import MicroBatcher, ReadWriteLock, Uptime
 from deepembed.service.errors import NotFoundError
@@ -58,22 +59,21 @@ class ServiceState:
 
     def item(self, item_id: int) -> dict[str, Any]:
         with self.lock.read():
-            self._known(item_id)
-            item = self.index.get([item_id])[0]
+            item = self._known(item_id)
             name = self.index.class_names.get(item.label)
         return {"id": item.id, "label": item.label, "label_name": name, "metadata": item.metadata}
 
-    def _known(self, item_id: int) -> None:
+    def _known(self, item_id: int) -> Item:
+        """The item of `item_id` (one catalogue read); NotFoundError when there is none."""
         try:
-            self.index.get([item_id])
+            return self.index.get([item_id])[0]
         except DataError:
             raise NotFoundError(f"no item with id {item_id}") from None
 
     def image(self, item_id: int) -> tuple[Path | None, Image.Image | None]:
         """(the stored file, or None and the image from its source or the gallery)."""
         with self.lock.read():
-            self._known(item_id)
-            source = self.index.get([item_id])[0].source
+            source = self._known(item_id).source
         if self.store is not None and (path := self.store.find(item_id)) is not None:
             return path, None
         if source and Path(source).is_file():  # recorded by `index add` or an upload
