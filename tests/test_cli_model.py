@@ -239,6 +239,23 @@ def test_create_refuses_an_existing_directory(tmp_path: Path) -> None:
     assert json.loads((out / "config.json").read_text())["backbone"] == "efficientnet_lite0"
 
 
+def test_create_without_the_centre_crop(tmp_path: Path) -> None:
+    """--no-center-crop: the directory records resize 0, and its model preprocesses a
+    non-square image by one plain resize of the whole image."""
+    out = tmp_path / "m"
+    code, output = invoke(
+        "model", "create", "efficientnet_lite0", out, "--pretrained", "false",
+        "--image-size", "64", "--no-center-crop",
+    )  # fmt: skip
+    assert code == 0, output
+    config = json.loads((out / "config.json").read_text())
+    assert config["center_crop"] is False and config["preprocess"]["resize"] == 0
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (50, 90, 3), np.uint8))
+    plain = np.asarray(image.resize((64, 64), Image.Resampling.BICUBIC), np.float32) / 255
+    got = Embedder.load(out).preprocess(image).permute(1, 2, 0).numpy()
+    assert np.abs(got - plain).max() <= 1e-6
+
+
 def test_create_refuses_an_input_size_the_backbone_cannot_take(tmp_path: Path) -> None:
     """A ViT built for 224 px cannot embed 64 px images: refused now, not at every embed."""
     code, output = invoke(

@@ -107,6 +107,7 @@ OUT_OF_RANGE = [
     "model.embedding_dim=-1",
     "model.image_size=-1",
     "model.freeze_stages=-1",
+    "model.head_init=zeros",
     "data.max_cache_gb=-1",
     "data.crop_scale=0",
     "data.crop_scale=1.5",

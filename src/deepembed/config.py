@@ -110,8 +110,10 @@ class ModelConfig:
     head: str = "embedding"  # embedding (float vectors) | hash (binary codes, model.bits)
     bits: int = 64  # hash head: code length, a multiple of 8
     head_bn: bool = False  # BatchNorm before the projection
+    head_init: str = "random"  # random | identity (embedding_dim = the pooled size, no head_bn)
     normalize: bool = True
     image_size: int = 0  # 0 = the backbone's input size (small_cnn: the data's)
+    center_crop: bool = True  # false: evaluation resizes the whole image, no centre crop
     freeze_stages: int = 0  # the first N backbone stages are not trained
     freeze_bn: bool = False  # BatchNorm statistics of the backbone stay as pretrained
 
@@ -120,6 +122,8 @@ class ModelConfig:
         require(self.image_size >= 0, "model.image_size", ">= 0", self.image_size)
         require(self.freeze_stages >= 0, "model.freeze_stages", ">= 0", self.freeze_stages)
         require(self.head in ("embedding", "hash"), "model.head", "embedding or hash", self.head)
+        inits = ("random", "identity")
+        require(self.head_init in inits, "model.head_init", "random or identity", self.head_init)
         bits_ok = self.bits >= 8 and self.bits % 8 == 0
         require(bits_ok, "model.bits", "a positive multiple of 8 (packed bytes)", self.bits)
 

@@ -34,6 +34,7 @@ def create_model(
     image_size: int = 0,
     seed: int = 0,
     overwrite: bool = False,
+    center_crop: bool = True,
 ) -> Embedder:
     """Build `backbone` with its weights (a random seeded projection when embedding_dim > 0)
     and save it to `out`; an existing directory is refused unless `overwrite`."""
@@ -46,6 +47,7 @@ def create_model(
         pool=pool,
         embedding_dim=embedding_dim,
         image_size=image_size,
+        center_crop=center_crop,
     )
     model = Embedder(spec).eval()
     model.check_input()
@@ -69,6 +71,9 @@ def create(
     ] = "",
     pool: Annotated[str, typer.Option(help="avg, max, avgmax, gem; default the backbone's.")] = "",
     image_size: Annotated[int, typer.Option(help="Square input size; 0: the backbone's.")] = 0,
+    center_crop: Annotated[
+        bool, typer.Option(help="The backbone's centre crop; --no-center-crop: whole image.")
+    ] = True,
     seed: Annotated[int, typer.Option(help="Seed of any randomly initialised part.")] = 0,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing directory.")] = False,
 ) -> None:
@@ -85,6 +90,7 @@ def create(
         image_size,
         seed,
         overwrite,
+        center_crop,
     )
     pre = model.preprocessing
     typer.echo(

@@ -34,9 +34,10 @@ class EmbedderSpec:
     """Everything needed to rebuild an Embedder; written as config.json.
 
     `pool` "" and `preprocess` None mean the backbone's own; `image_size` > 0 rescales the
-    backbone's preprocessing to that square input (keeping its crop ratio); `in_channels`
-    0 is the backbone's default. `pretrained` records how the backbone was initialised
-    when the model was first built (loading a saved model never uses it).
+    backbone's preprocessing to that square input (keeping its crop ratio); `center_crop`
+    False resizes the whole image straight to the input size instead of cropping its centre
+    (resize 0); `in_channels` 0 is the backbone's default. `pretrained` and `head_init`
+    record how the model was first initialised (loading puts the saved weights over it).
     """
 
     backbone: str = "small_cnn"
@@ -46,9 +47,11 @@ class EmbedderSpec:
     pool_params: dict[str, Any] = field(default_factory=dict)
     embedding_dim: int = 128  # 0: the pooled features themselves
     head_bn: bool = False
+    head_init: str = "random"  # random | identity (weight = I, bias = 0; D = pooled size)
     normalize: bool = True
     in_channels: int = 0
     image_size: int = 0
+    center_crop: bool = True  # False: no crop, the whole image resized to the input size
     preprocess: dict[str, Any] | None = None
     head: str = "embedding"  # embedding | hash (binary codes of `bits` bits)
     bits: int = 0
@@ -73,10 +76,12 @@ class Embedder(nn.Module):
         self.pool = create_pool(pool_name, self.backbone.num_features, **pool_params)
         if spec.embedding_dim < 0:
             raise ConfigError(f"model.embedding_dim must be >= 0, got {spec.embedding_dim}")
-        self.head: EmbeddingHead | HashHead = build_head(spec, self.pool.out_features)
+        self.head: EmbeddingHead | HashHead = build_head(spec, self.pool.out_features, pool_name)
         pre = Preprocess.from_dict(spec.preprocess) if spec.preprocess else self.backbone.preprocess
         if spec.image_size:
             pre = pre.at_size(spec.image_size)
+        if not spec.center_crop:
+            pre = replace(pre, resize=0)  # the whole image, squashed to the input size
         self.preprocessing = pre
         # the spec as saved: pooling and preprocessing resolved, nothing left to defaults
         pretrained = spec.pretrained
@@ -237,15 +242,21 @@ class Embedder(nn.Module):
         return model.to(device).eval()
 
 
-HEADS = ("embedding", "hash")
+HEADS, HEAD_INITS = ("embedding", "hash"), ("random", "identity")
 
 
-def build_head(spec: EmbedderSpec, in_features: int) -> EmbeddingHead | HashHead:
-    """The head a spec names: float embeddings or binary codes of `spec.bits` bits."""
+def build_head(spec: EmbedderSpec, in_features: int, pool: str = "") -> EmbeddingHead | HashHead:
+    """The head a spec names: float embeddings or binary codes of `spec.bits` bits, for
+    `in_features` pooled features (`pool` names the pooling in errors)."""
     if spec.head not in HEADS:
         raise ConfigError(f"model.head must be one of {', '.join(HEADS)}, got {spec.head!r}")
+    if spec.head_init != "random":
+        check_identity_head(spec, in_features, pool)
     if spec.head == "embedding":
-        return EmbeddingHead(in_features, spec.embedding_dim, spec.normalize, spec.head_bn)
+        head = EmbeddingHead(in_features, spec.embedding_dim, spec.normalize, spec.head_bn)
+        if spec.head_init == "identity":  # after the random init: the same RNG draws
+            head.init_identity()
+        return head
     if spec.bits < 8 or spec.bits % 8:
         raise ConfigError(
             f"model.bits must be a positive multiple of 8 (codes are stored packed in bytes), "
@@ -257,6 +268,27 @@ def build_head(spec: EmbedderSpec, in_features: int) -> EmbeddingHead | HashHead
             f"got {spec.hash_activation!r}"
         )
     return HashHead(in_features, spec.bits, spec.head_bn, spec.hash_activation)
+
+
+def check_identity_head(spec: EmbedderSpec, in_features: int, pool: str = "") -> None:
+    """head_init "identity" needs a square linear embedding head with nothing before it."""
+    if spec.head_init not in HEAD_INITS:
+        raise ConfigError(
+            f"model.head_init must be one of {', '.join(HEAD_INITS)}, got {spec.head_init!r}"
+        )
+    if spec.head != "embedding":
+        raise ConfigError(f"model.head_init=identity needs model.head=embedding, not {spec.head}")
+    if spec.head_bn:  # BN(x) = (x - mean) / std * gamma + beta: not x, even at its init
+        raise ConfigError(
+            "model.head_init=identity cannot go with model.head_bn=true "
+            "(BatchNorm before the linear map makes the head no identity)"
+        )
+    if spec.embedding_dim != in_features:
+        pooling = f" with {pool} pooling" if pool else ""
+        raise ConfigError(
+            f"model.head_init=identity needs model.embedding_dim = the pooled feature size, "
+            f"{in_features} ({spec.backbone}{pooling}), got {spec.embedding_dim}"
+        )
 
 
 def _from_version_1(config: dict[str, Any]) -> dict[str, Any]:

@@ -24,6 +24,15 @@ class EmbeddingHead(nn.Module):
         self.normalize = normalize
         self.out_features = embedding_dim if embedding_dim > 0 else in_features
 
+    @torch.no_grad()
+    def init_identity(self) -> None:
+        """Weight = I, bias = 0: the head starts as the pooled features (D = F, no BatchNorm)."""
+        linear = self.linear
+        if linear is None or self.bn is not None or linear.in_features != linear.out_features:
+            raise ValueError("an identity head needs a square linear map and no BatchNorm")
+        linear.weight.copy_(torch.eye(linear.out_features))
+        linear.bias.zero_()
+
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         x = features  # (B, F)
         if self.bn is not None:

@@ -60,8 +60,10 @@ def build_model(config: RunConfig, train_set: Any) -> Embedder:
         pool_params=dict(mc.pool_params),
         embedding_dim=mc.embedding_dim,
         head_bn=mc.head_bn,
+        head_init=mc.head_init,
         normalize=mc.normalize,
         image_size=mc.image_size,
+        center_crop=mc.center_crop,
         head=mc.head,
         bits=mc.bits if mc.head == "hash" else 0,
         # losses that binarise the codes themselves (GreedyHash) take the head's raw output
