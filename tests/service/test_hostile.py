@@ -119,12 +119,14 @@ CASES: list[tuple[str, str, str, dict[str, Any], int, str]] = [
 ]  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def hostile(tmp_path_factory: pytest.TempPathFactory):
+@pytest.fixture(scope="module", params=[32, 1], ids=["batched", "unbatched"])
+def hostile(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest):
+    """A service with micro-batching, and one without (an image search then decodes, embeds
+    and searches in one worker thread: its errors must be answered the same)."""
     from tests.service.conftest import make_run
 
     run = make_run(tmp_path_factory.mktemp("hostile"))
-    with client_for(run, max_upload_bytes=LIMIT) as client:
+    with client_for(run, max_upload_bytes=LIMIT, max_batch=request.param) as client:
         yield run, client
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hmac
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Any
@@ -18,7 +18,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -61,6 +61,43 @@ class BodyLimit:
             return message
 
         await self.app(scope, limited, send)
+
+
+class Measure:
+    """ASGI middleware: every request counted and timed by route template and status, and an
+    unexpected failure answered as a one-line JSON 500 (the log has the traceback). Plain
+    ASGI: Starlette's BaseHTTPMiddleware costs a task and a stream per request."""
+
+    def __init__(self, app: ASGIApp, observe: Callable[[str, str, int, float], None]) -> None:
+        self.app, self.observe = app, observe
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start, status, started = time.perf_counter(), 500, False
+
+        async def sending(message: Message) -> None:
+            nonlocal status, started
+            if message["type"] == "http.response.start":
+                status, started = message["status"], True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        except Exception as exc:  # never a traceback to the client
+            if started:  # too late for an error answer: the connection is dropped
+                log.exception("%s %s failed mid-answer", scope["method"], scope["path"])
+                raise
+            if (too_large := body_too_large(exc)) is not None:
+                response = JSONResponse({"error": str(too_large)}, 413)
+            else:
+                log.exception("%s %s failed", scope["method"], scope["path"])
+                response = JSONResponse({"error": "internal error (see the server log)"}, 500)
+            status = response.status_code
+            await response(scope, receive, send)
+        finally:  # the router leaves the matched route in the scope
+            template = getattr(scope.get("route"), "path", "unmatched")
+            self.observe(scope["method"], template, status, time.perf_counter() - start)
 
 
 def _one_line(exc: RequestValidationError) -> str:
@@ -124,26 +161,7 @@ def create_app(
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return JSONResponse({"error": str(exc.detail)}, exc.status_code)
 
-    @app.middleware("http")
-    async def measure(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        start = time.perf_counter()
-        try:
-            response = await call_next(request)
-        except Exception as exc:  # never a traceback to the client; the log has it
-            if (too_large := body_too_large(exc)) is not None:
-                response = JSONResponse({"error": str(too_large)}, 413)
-            else:
-                log.exception("%s %s failed", request.method, request.url.path)
-                response = JSONResponse({"error": "internal error (see the server log)"}, 500)
-        route = request.scope.get("route")
-        template = getattr(route, "path", "unmatched")
-        state.metrics.observe(
-            request.method, template, response.status_code, time.perf_counter() - start
-        )
-        return response
-
+    app.add_middleware(Measure, observe=state.metrics.observe)
     add_routes(app, state, lambda request: check_key(settings, request))
     static = resources.files("deepembed.service") / "static"
     app.mount("/static", StaticFiles(directory=str(static)), name="static")

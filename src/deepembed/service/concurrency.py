@@ -64,7 +64,8 @@ class MicroBatcher:
     While a pass runs, the images that arrive wait for it and go together in the next one
     (up to `max_batch`); when none runs, the first image waits up to `wait_ms` for company.
     So the batch grows with the load by itself. max_batch 1 turns batching off: each image
-    is embedded alone in its own worker thread, passes running side by side as threads
+    is embedded alone in its own worker thread (`embed_here`, where a caller can do the
+    rest of its request's work in the same thread), passes running side by side as threads
     calling the model in-process would. `batches` and `batched_items` count what happened."""
 
     def __init__(
@@ -78,14 +79,25 @@ class MicroBatcher:
         self._task: asyncio.Task[None] | None = None  # the pass in flight
         self.batches = 0
         self.batched_items = 0
+        self._count_lock = threading.Lock()  # embed_here counts from worker threads
+
+    @property
+    def off(self) -> bool:
+        """Batching off (max_batch 1): callers embed in their own worker thread."""
+        return self.max_batch == 1
+
+    def embed_here(self, image: Any) -> np.ndarray:
+        """One image embedded alone in the calling (worker) thread, counted as a pass."""
+        row = self._embed_many([image])[0]
+        with self._count_lock:
+            self.batches += 1
+            self.batched_items += 1
+        return row
 
     async def embed(self, image: Any) -> np.ndarray:
         """The embedding (or packed code) row of one image."""
-        if self.max_batch == 1:  # batching off: each image in its own thread, as callers
-            rows = await run_in_threadpool(self._embed_many, [image])  # in-process would
-            self.batches += 1
-            self.batched_items += 1
-            return rows[0]
+        if self.off:  # each image in its own thread, as callers in-process would
+            return await run_in_threadpool(self.embed_here, image)
         future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
         self._pending.append((image, future))
         if self._task is None:  # else the pass in flight starts the next when it ends
