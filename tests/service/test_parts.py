@@ -4,7 +4,9 @@ the app over a milvus-lite index."""
 
 from __future__ import annotations
 
+import asyncio
 import re
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -145,6 +147,34 @@ def test_the_app_over_milvus_lite(tmp_path: Path, run_dir: Path) -> None:
         again = client.post("/search", json={"vector": vectors[3].tolist(), "k": 3}).json()
         assert 3 not in [h["id"] for h in again["results"]]
         assert client.get("/health").json()["items"] == 20
+
+
+@pytest.mark.parametrize("max_passes", [2, 5])
+def test_without_batching_at_most_max_passes_run_at_once(max_passes: int) -> None:
+    """Batching off: each image is embedded in a worker thread, never more than max_passes
+    at once, each counted as a pass of one."""
+    from deepembed.service.concurrency import MicroBatcher
+
+    running, peak, lock = [0], [0], threading.Lock()
+
+    def embed_many(images: list[int]) -> np.ndarray:
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(0.05)
+        with lock:
+            running[0] -= 1
+        return np.asarray(images, np.float32)[:, None] * 3
+
+    async def twelve() -> list[np.ndarray]:
+        return await asyncio.gather(*(batcher.embed(i) for i in range(12)))
+
+    batcher = MicroBatcher(embed_many, wait_ms=5, max_batch=1, max_passes=max_passes)
+    assert batcher.off
+    rows = asyncio.run(twelve())  # 12 worker threads (anyio's pool has 40)
+    assert [float(r[0]) for r in rows] == [3.0 * i for i in range(12)]
+    assert peak[0] == max_passes  # the limit is reached, and never passed
+    assert (batcher.batches, batcher.batched_items) == (12, 12)
 
 
 def test_micro_batcher_groups_what_arrives_during_a_pass_and_survives_errors() -> None:

@@ -100,6 +100,8 @@ def test_cli_refusals_are_one_line_exit_2(tmp_path: Path) -> None:
     runner = CliRunner()
     public = runner.invoke(app, ["serve", str(run), "--host", "0.0.0.0"])
     assert public.exit_code == 2 and "without an API key" in public.output
+    passes = runner.invoke(app, ["serve", str(run), "--max-batch", "1", "--max-passes", "-1"])
+    assert passes.exit_code == 2 and "--max-passes >= 0" in passes.output
     missing = runner.invoke(app, ["serve", str(tmp_path / "nope")])
     assert missing.exit_code == 2 and "run directory not found" in missing.output
     no_index = tmp_path / "empty"

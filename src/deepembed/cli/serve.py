@@ -47,6 +47,9 @@ def serve(
     ] = False,
     max_batch: Annotated[int, typer.Option(help="Images embedded together (1: off).")] = 32,
     batch_wait_ms: Annotated[float, typer.Option(help="Wait for more images (ms).")] = 5.0,
+    max_passes: Annotated[
+        int, typer.Option(help="Model passes at once with --max-batch 1 (0: twice the cores).")
+    ] = 0,
     max_upload_mb: Annotated[float, typer.Option(help="Request body limit (MiB).")] = 20.0,
     cors_origin: Annotated[
         list[str] | None, typer.Option(help="Allow this origin (CORS; repeatable).")
@@ -71,6 +74,10 @@ def serve(
         )
     if not 1 <= port <= 65535:
         raise DataError(f"--port must be 1-65535, got {port}")
+    if max_batch < 1 or max_passes < 0:
+        raise DataError(
+            f"--max-batch must be >= 1 and --max-passes >= 0, got {max_batch} / {max_passes}"
+        )
     searcher = Searcher.open(index or _index_of(run_dir), run_dir / "model")
     searcher.model  # load and check the model now, not at the first request  # noqa: B018
     settings = ServiceSettings(
@@ -79,6 +86,7 @@ def serve(
         max_upload_bytes=int(max_upload_mb * 2**20),
         max_batch=max_batch,
         batch_wait_ms=batch_wait_ms,
+        max_passes=max_passes,
         cors_origins=tuple(cors_origin or ()),
         model_name=str(run_dir / "model"),
     )

@@ -8,6 +8,7 @@ without pretrained weights and the saved tensors are loaded into it.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,7 @@ class Embedder(nn.Module):
         if not spec.center_crop:
             pre = replace(pre, resize=0)  # the whole image, squashed to the input size
         self.preprocessing = pre
+        self._transform: tuple[Preprocess, Callable[[Image.Image], torch.Tensor]] | None = None
         # the spec as saved: pooling and preprocessing resolved, nothing left to defaults
         pretrained = spec.pretrained
         if pretrained is None and load_pretrained:
@@ -180,7 +182,8 @@ class Embedder(nn.Module):
     def embed(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
         """Embeddings (B, D) on the CPU of images (B, C, H, W) or one image (C, H, W), eval mode."""
         was_training = self.training
-        self.eval()
+        if was_training:  # a walk over every module: not paid per call when in eval mode
+            self.eval()
         if images.ndim == 3:
             images = images[None]
         device = self.mean.device
@@ -188,13 +191,17 @@ class Embedder(nn.Module):
             self(images[i : i + batch_size].to(device)).float().cpu()
             for i in range(0, len(images), batch_size)
         ]
-        self.train(was_training)
+        if was_training:
+            self.train(True)
         return torch.cat(out) if out else torch.empty(0, self.embedding_dim)
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         """A PIL image of any mode -> (C, H, W) float in [0, 1]: exactly the evaluation
         transform this model was trained and evaluated with."""
-        return self.preprocessing.transform()(image)
+        pre = self.preprocessing
+        if self._transform is None or self._transform[0] != pre:  # built once, not per image
+            self._transform = (pre, pre.transform())
+        return self._transform[1](image)
 
     # -- files --------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:

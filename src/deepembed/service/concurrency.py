@@ -4,6 +4,7 @@ micro-batcher that embeds images arriving together in one forward pass."""
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -64,14 +65,22 @@ class MicroBatcher:
     While a pass runs, the images that arrive wait for it and go together in the next one
     (up to `max_batch`); when none runs, the first image waits up to `wait_ms` for company.
     So the batch grows with the load by itself. max_batch 1 turns batching off: each image
-    is embedded alone in its own worker thread (`embed_here`, where a caller can do the
-    rest of its request's work in the same thread), passes running side by side as threads
-    calling the model in-process would. `batches` and `batched_items` count what happened."""
+    is embedded alone in a worker thread (`embed_here`, where a caller can do the rest of its
+    request's work in the same thread), in one of `max_passes` slots (`slot()`): as many
+    threads calling the model in-process would, no more (on few cores, more threads only
+    fight over them and over the GIL). `batches` and `batched_items` count what happened."""
 
     def __init__(
-        self, embed_many: Callable[[list[Any]], np.ndarray], wait_ms: float, max_batch: int
+        self,
+        embed_many: Callable[[list[Any]], np.ndarray],
+        wait_ms: float,
+        max_batch: int,
+        max_passes: int = 0,
     ) -> None:
         self._embed_many = embed_many
+        # batching off: at most this many requests in the model at once (0: twice the cores)
+        self.max_passes = max_passes if max_passes > 0 else 2 * (os.cpu_count() or 1)
+        self._slots = threading.BoundedSemaphore(self.max_passes)
         self.wait = max(0.0, wait_ms) / 1000
         self.max_batch = max(1, int(max_batch))
         self._pending: list[tuple[Any, asyncio.Future[np.ndarray]]] = []
@@ -86,18 +95,30 @@ class MicroBatcher:
         """Batching off (max_batch 1): callers embed in their own worker thread."""
         return self.max_batch == 1
 
+    @contextmanager
+    def slot(self) -> Iterator[None]:
+        """Batching off: one of the `max_passes` slots for a request's model work (a worker
+        thread blocks here until one is free)."""
+        with self._slots:
+            yield
+
     def embed_here(self, image: Any) -> np.ndarray:
-        """One image embedded alone in the calling (worker) thread, counted as a pass."""
+        """One image embedded alone in the calling worker thread (which holds a slot),
+        counted as a pass."""
         row = self._embed_many([image])[0]
         with self._count_lock:
             self.batches += 1
             self.batched_items += 1
         return row
 
+    def _embed_in_slot(self, image: Any) -> np.ndarray:
+        with self.slot():
+            return self.embed_here(image)
+
     async def embed(self, image: Any) -> np.ndarray:
         """The embedding (or packed code) row of one image."""
         if self.off:  # each image in its own thread, as callers in-process would
-            return await run_in_threadpool(self.embed_here, image)
+            return await run_in_threadpool(self._embed_in_slot, image)
         future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
         self._pending.append((image, future))
         if self._task is None:  # else the pass in flight starts the next when it ends

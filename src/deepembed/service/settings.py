@@ -19,6 +19,8 @@ class ServiceSettings:
     max_upload_bytes / max_pixels: refused before decoding (decompression bombs included).
     max_k: the largest k a search may ask for.
     batch_wait_ms / max_batch: micro-batching of image embeddings (max_batch 1: off).
+    max_passes: with batching off, requests doing model work (decode, embed, search) at
+      once (0: twice the cores); more threads only fight over the cores and the GIL.
     snapshot_every: adds between index snapshots (the catalogue has every add at once;
       snapshots only shorten the replay at the next start).
     cors_origins: origins allowed by CORS; empty (default) is off.
@@ -32,6 +34,7 @@ class ServiceSettings:
     max_files: int = 64
     batch_wait_ms: float = 5.0
     max_batch: int = 32
+    max_passes: int = 0
     snapshot_every: int = 10_000
     cors_origins: tuple[str, ...] = field(default_factory=tuple)
     model_name: str = ""

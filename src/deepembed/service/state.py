@@ -39,7 +39,9 @@ class ServiceState:
         self.lock = ReadWriteLock()
         self.metrics = Metrics()
         self.uptime = Uptime()
-        self.batcher = MicroBatcher(searcher.embed, settings.batch_wait_ms, settings.max_batch)
+        self.batcher = MicroBatcher(
+            searcher.embed, settings.batch_wait_ms, settings.max_batch, settings.max_passes
+        )
         self.store = None if settings.images_dir is None else ImageStore(settings.images_dir)
         if self.store is not None:  # images of adds a crash cut short (never acknowledged)
             self.store.sweep(self.index.next_id())
@@ -58,10 +60,12 @@ class ServiceState:
             return self.searcher.by_vector(query["vector"], k, filters)
 
     def search_image(self, data: bytes, name: str, query: dict[str, Any]) -> list[Hit]:
-        """Decode, embed and search in the calling worker thread: one hop off the event loop
-        per request when batching is off (three hops cost more than the work on few cores)."""
-        image, _ = decode(data, name, self.settings.max_pixels)
-        return self.search(query | {"vector": self.batcher.embed_here(image)})
+        """Decode, embed and search in the calling worker thread, in one of the batcher's
+        slots: one hop off the event loop per request when batching is off (three hops
+        cost more than the work on few cores)."""
+        with self.batcher.slot():
+            image, _ = decode(data, name, self.settings.max_pixels)
+            return self.search(query | {"vector": self.batcher.embed_here(image)})
 
     def item(self, item_id: int) -> dict[str, Any]:
         with self.lock.read():
