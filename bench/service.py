@@ -17,11 +17,11 @@ answers 200 with 10 results (search) or one id (add). Modes:
   (PIL, RGB), `searcher.embed([image])` outside any lock, then `searcher.by_vector` under
   the read lock of a ReadWriteLock, or `index.add` under its write lock (faiss may not
   change while it is searched); faiss on one OpenMP thread, as `deepembed serve` sets it;
-  no image files are stored (the service fsyncs each uploaded image under its write lock);
+  no image files are stored (the service fsyncs each uploaded image, before its write lock);
 * HTTP batched / unbatched: `deepembed serve RUN --max-batch 32 --batch-wait-ms 5` or
   `--max-batch 1` as a subprocess on 127.0.0.1, and --clients asyncio workers in this
   process, each with one keep-alive HTTP/1.1 connection (opened before the clock starts)
-  over plain asyncio streams, sending prebuilt requests (a load generator in the manner of
+  over plain asyncio streams, sending prebuilt requests (bench/loadgen.py, in the manner of
   wrk: httpx cost ~2.7 ms of CPU per request, taken from the server on a 2-core machine);
   searches POST /search (multipart `image`, k), adds POST /items (multipart `image`,
   X-API-Key).
@@ -70,6 +70,8 @@ from deepembed.service.concurrency import ReadWriteLock
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.service.conftest
 from tests.service.conftest import KEY, Server
+
+from loadgen import RawClient, multipart  # bench/, the script's folder, is on sys.path
 
 K = 10
 ADD_SHARE = 0.1
@@ -200,30 +202,6 @@ def in_process(run: Path, pool: list[bytes], args: argparse.Namespace) -> Tally:
     return tally
 
 
-def multipart(path: str, image: bytes, fields: dict[str, str], headers: dict[str, str]) -> bytes:
-    """A whole HTTP/1.1 keep-alive POST of `image` and `fields` as multipart/form-data."""
-    boundary = "deepembedbench7f3a"
-    parts = [
-        f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
-        for name, value in fields.items()
-    ]
-    parts.append(
-        f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="q.png"\r\n'
-        "Content-Type: image/png\r\n\r\n".encode()
-        + image
-        + b"\r\n"
-    )
-    body = b"".join(parts) + f"--{boundary}--\r\n".encode()
-    head = [
-        f"POST {path} HTTP/1.1",
-        "Host: 127.0.0.1",
-        f"Content-Type: multipart/form-data; boundary={boundary}",
-        f"Content-Length: {len(body)}",
-        *(f"{k}: {v}" for k, v in headers.items()),
-    ]
-    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
-
-
 def verdict(status: int, body: bytes, add: bool) -> str | None:
     """None when a search answered K results or an add one id, else what went wrong."""
     if status != 200:
@@ -233,42 +211,6 @@ def verdict(status: int, body: bytes, add: bool) -> str | None:
         return None if len(answer.get("ids", [])) == 1 else f"add answered {answer}"
     found = len(answer.get("results", []))
     return None if found == K else f"{found} results"
-
-
-class RawClient:
-    """One keep-alive HTTP/1.1 connection over asyncio streams: requests are prebuilt bytes,
-    answers are read by Content-Length. A few microseconds of CPU per request, where httpx
-    spends milliseconds: on a 2-core machine the load generator's CPU is the server's loss."""
-
-    def __init__(self, url: str) -> None:
-        host, port = url.removeprefix("http://").split(":")
-        self.host, self.port = host, int(port)
-        self.reader: asyncio.StreamReader | None = None
-        self.writer: asyncio.StreamWriter | None = None
-
-    async def send(self, payload: bytes) -> tuple[int, bytes]:
-        if self.writer is None:
-            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
-        assert self.reader is not None
-        try:
-            self.writer.write(payload)
-            head = await self.reader.readuntil(b"\r\n\r\n")
-            status, length = int(head[9:12]), None
-            for line in head.split(b"\r\n")[1:]:
-                name, _, value = line.partition(b":")
-                if name.strip().lower() == b"content-length":
-                    length = int(value)
-            if length is None:
-                raise ValueError("an answer without Content-Length")
-            return status, await self.reader.readexactly(length)
-        except BaseException:
-            await self.close()  # the next request opens a fresh connection
-            raise
-
-    async def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-            self.writer = None
 
 
 async def load(url: str, pool: list[bytes], args: argparse.Namespace) -> Tally:
