@@ -142,6 +142,17 @@ def test_train_items_are_crops_of_the_stored_base_at_the_given_scale(files, tmp_
     assert plain + flipped == 24 and plain > 0 and flipped > 0  # nothing but these two
 
 
+def test_without_a_centre_crop_training_crops_come_from_the_whole_image(files, tmp_path):
+    """resize 0: evaluation resizes the whole image, so the augmentation's base is the whole
+    image resized to its square (not a centre square, which hides the long side's ends)."""
+    square = Preprocess(input_size=(40, 40))
+    train = build(make_dataset(files), square, tmp_path / "c", train=True, augment=True)
+    transform = square.transform()
+    for i, path in enumerate(files):
+        whole = (transform(load_image(path)) * 255).round().to(torch.uint8)
+        assert torch.equal(torch.from_numpy(np.asarray(train.array[i])), whole), path
+
+
 def test_one_array_serves_training_and_evaluation_when_the_crop_fits(files, tmp_path):
     train = build(make_dataset(files), SMALL, tmp_path / "c", train=True, augment=True)
     evaluation = build(make_dataset(files), SMALL, tmp_path / "c")

@@ -15,7 +15,8 @@ is later trusted, and the next build of that key deletes what a killed build lef
 Two layouts (`_Layout`):
 - "crop": exactly the eval geometry's output (resize + centre crop), for eval-only caches.
 - "base": a square of side S around the centre, the input of the training augmentation
-  (`train_geometry()`: RandomResizedCrop + flip of the stored image, per item). When the
+  (`train_geometry()`: RandomResizedCrop + flip of the stored image, per item); with
+  resize 0 (no centre crop at evaluation) the whole image resized to S x S. When the
   Preprocess resizes the shorter side to `resize` >= both crop sides, S = resize and the
   square is placed so the eval crop is a fixed window of it: one array then gives training
   crops AND bit-identical eval items.
@@ -54,7 +55,7 @@ from deepembed.errors import DataError
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: a resize-0 base holds the whole image (was its centre square)
 _BUILD_BATCH = 16
 _DISK_MARGIN = 256 * 2**20  # keep this much disk free: a memmap write on a full disk is SIGBUS
 
@@ -162,7 +163,10 @@ def _store_row(image: Image.Image, preprocess: Preprocess, layout: _Layout) -> n
         resized = preprocess.geometry()[0](image)
     else:
         mode = INTERPOLATIONS[preprocess.interpolation]
-        resized = v2.Resize(side, interpolation=mode, antialias=True)(image)
+        # resize 0: evaluation sees the whole image resized to the input, so training crops
+        # come from the whole image too (a centre square would hide the ends of its long side)
+        size = side if preprocess.resize else [side, side]
+        resized = v2.Resize(size, interpolation=mode, antialias=True)(image)
     width, height = resized.size
     top, left = _half(height - side), _half(width - side)
     if layout.window is not None:
