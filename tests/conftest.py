@@ -17,6 +17,22 @@ os.environ["DEEPEMBED_CACHE"] = tempfile.mkdtemp(prefix="deepembed-test-cache-")
 os.environ["TORCH_HOME"] = os.path.join(os.environ["DEEPEMBED_CACHE"], "torch")
 atexit.register(shutil.rmtree, os.environ["DEEPEMBED_CACHE"], ignore_errors=True)
 
+
+def write_folder_dataset(
+    root: Path, height: int, width: int, classes: int = 4, per: int = 6
+) -> Path:
+    """`root/c<k>/<i>.png`: `per` noisy RGB images of each class, class k around grey 60k."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c in range(classes):
+        (root / f"c{c}").mkdir(parents=True)
+        for i in range(per):
+            pixels = np.clip(rng.normal(60 * c, 30, (height, width, 3)), 0, 255)
+            Image.fromarray(pixels.astype(np.uint8)).save(root / f"c{c}" / f"{i}.png")
+    return root
+
+
 # A training run small enough for the test suite, on the real mnist30 files.
 TINY_RUN = [
     "data.train_per_class=40",

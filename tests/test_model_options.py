@@ -21,6 +21,7 @@ from deepembed.config import load_config
 from deepembed.errors import ConfigError
 from deepembed.training.build import build_model
 from deepembed.training.pipeline import train
+from tests.conftest import write_folder_dataset
 
 LITE = EmbedderSpec(backbone="efficientnet_lite0", pretrained=False, image_size=64, pool="avg")
 IDENTITY = replace(LITE, embedding_dim=1280, head_init="identity")  # 1280 pooled features
@@ -169,13 +170,7 @@ def test_directories_without_the_new_keys_load_as_before(tmp_path: Path) -> None
 def test_a_run_with_both_options_saves_them(tmp_path: Path) -> None:
     """Non-square image files, a frozen bank, an identity head: the saved model resizes
     without a crop, and training moved its head away from the identity."""
-    root = tmp_path / "data"
-    rng = np.random.default_rng(0)
-    for c in range(4):
-        (root / f"c{c}").mkdir(parents=True)
-        for i in range(6):
-            pixels = np.clip(rng.normal(60 * c, 30, (40, 56, 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(pixels).save(root / f"c{c}" / f"{i}.png")
+    root = write_folder_dataset(tmp_path / "data", 40, 56)
     config = load_config(
         None,
         [

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from deepembed import data
 from deepembed.config import RunConfig, load_config
@@ -23,7 +22,7 @@ from deepembed.training.callbacks import Callback
 from deepembed.training.objective import build_objective
 from deepembed.training.pipeline import train
 from deepembed.training.trainer import Trainer
-from tests.conftest import TINY_RUN
+from tests.conftest import TINY_RUN, write_folder_dataset
 
 
 def tiny_config(tmp_path: Path, *overrides: str) -> RunConfig:
@@ -186,13 +185,7 @@ def test_frozen_views_run_trains_only_the_later_stages(
         return original(self, features, stage)
 
     monkeypatch.setattr(Embedder, "forward_from", counted)
-    root = tmp_path / "data"
-    rng = np.random.default_rng(0)
-    for c in range(4):
-        (root / f"c{c}").mkdir(parents=True)
-        for i in range(6):
-            pixels = np.clip(rng.normal(60 * c, 30, (40, 40, 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(pixels).save(root / f"c{c}" / f"{i}.png")
+    root = write_folder_dataset(tmp_path / "data", 40, 40)
     config = load_config(
         None,
         [

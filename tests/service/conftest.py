@@ -8,9 +8,11 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 import numpy as np
@@ -23,6 +25,8 @@ from deepembed import index
 from deepembed.index.searcher import Searcher
 from deepembed.models.embedder import Embedder, EmbedderSpec
 from deepembed.service import ServiceSettings, create_app
+
+T = TypeVar("T")
 
 KEY = "test-key-123"
 COLOURS = ["red", "green", "blue"]
@@ -134,3 +138,24 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+
+class PeakCalls:
+    """Wraps a function to record how many calls run at once (`peak`); each call sleeps
+    `hold` seconds first, so calls that may overlap do."""
+
+    def __init__(self, hold: float = 0.05) -> None:
+        self.hold, self.running, self.peak = hold, 0, 0
+        self._lock = threading.Lock()
+
+    def wrap(self, fn: Callable[..., T]) -> Callable[..., T]:
+        def counted(*args: object) -> T:
+            with self._lock:
+                self.running += 1
+                self.peak = max(self.peak, self.running)
+            time.sleep(self.hold)
+            with self._lock:
+                self.running -= 1
+            return fn(*args)
+
+        return counted

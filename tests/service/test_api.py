@@ -7,8 +7,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import threading
-import time
 from pathlib import Path
 
 import httpx
@@ -17,7 +15,7 @@ from PIL import Image
 
 from deepembed.index.searcher import Searcher
 from deepembed.service import ServiceSettings, create_app
-from tests.service.conftest import KEY, client_for, png
+from tests.service.conftest import KEY, PeakCalls, client_for, png
 
 AUTH = {"X-API-Key": KEY}
 
@@ -151,25 +149,14 @@ def test_without_batching_image_searches_hold_one_of_max_passes_slots(run_dir: P
     """Batching off: a search by image decodes, embeds and searches in one worker thread,
     at most max_passes at once, with the results of the batched service."""
     images = [png(200 + i, colour=i % 3) for i in range(8)]
-    searcher = Searcher.open(run_dir / "index", run_dir / "model")
-    running, peak, lock, embed = [0], [0], threading.Lock(), searcher.embed
-
-    def slow_embed(batch: list[object]) -> np.ndarray:
-        with lock:
-            running[0] += 1
-            peak[0] = max(peak[0], running[0])
-        time.sleep(0.05)
-        with lock:
-            running[0] -= 1
-        return embed(batch)
-
-    searcher.embed = slow_embed  # type: ignore[method-assign]
+    searcher, calls = Searcher.open(run_dir / "index", run_dir / "model"), PeakCalls()
+    searcher.embed = calls.wrap(searcher.embed)  # type: ignore[method-assign]
     app = create_app(searcher, ServiceSettings(max_batch=1, max_passes=2))
     got = _concurrent_searches(app, images)
     batched = _concurrent_searches(
         create_app(Searcher.open(run_dir / "index", run_dir / "model")), images
     )
-    assert got == batched and peak[0] == 2 and app.state.service.batcher.batches == 8
+    assert got == batched and calls.peak == 2 and app.state.service.batcher.batches == 8
 
 
 def test_an_unexpected_failure_is_a_json_500_without_traceback(client) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -24,7 +23,7 @@ from deepembed.service.concurrency import ReadWriteLock
 from deepembed.service.gallery import DatasetImages
 from deepembed.service.images import ImageStore
 from deepembed.service.metrics import Metrics
-from tests.service.conftest import KEY, client_for, png
+from tests.service.conftest import KEY, PeakCalls, client_for, png
 
 AUTH = {"X-API-Key": KEY}
 
@@ -155,16 +154,8 @@ def test_without_batching_at_most_max_passes_run_at_once(max_passes: int) -> Non
     at once, each counted as a pass of one."""
     from deepembed.service.concurrency import MicroBatcher
 
-    running, peak, lock = [0], [0], threading.Lock()
-
-    def embed_many(images: list[int]) -> np.ndarray:
-        with lock:
-            running[0] += 1
-            peak[0] = max(peak[0], running[0])
-        time.sleep(0.05)
-        with lock:
-            running[0] -= 1
-        return np.asarray(images, np.float32)[:, None] * 3
+    calls = PeakCalls()
+    embed_many = calls.wrap(lambda images: np.asarray(images, np.float32)[:, None] * 3)
 
     async def twelve() -> list[np.ndarray]:
         return await asyncio.gather(*(batcher.embed(i) for i in range(12)))
@@ -173,7 +164,7 @@ def test_without_batching_at_most_max_passes_run_at_once(max_passes: int) -> Non
     assert batcher.off
     rows = asyncio.run(twelve())  # 12 worker threads (anyio's pool has 40)
     assert [float(r[0]) for r in rows] == [3.0 * i for i in range(12)]
-    assert peak[0] == max_passes  # the limit is reached, and never passed
+    assert calls.peak == max_passes  # the limit is reached, and never passed
     assert (batcher.batches, batcher.batched_items) == (12, 12)
 
 
