@@ -11,14 +11,15 @@ from sklearn.metrics import adjusted_mutual_info_score, normalized_mutual_info_s
 
 from deepembed.evaluation import (
     METRIC_NAMES,
+    _ranking,
     evaluate,
-    evaluator,
     groups_from_list,
     kmeans_assign,
     knn,
     map_at_r,
     nmi,
     pairwise_f1,
+    per_query_scores,
     r_precision,
     recall_at_k,
 )
@@ -89,16 +90,16 @@ def knn_vote(ordered_labels: list, label, k: int) -> float:
     return float(winner == label)
 
 
-def oracle(distances: np.ndarray, q_labels, g_labels, leave_one_out, ks=(1, 2, 3, 5)):
-    """Mean of every metric over queries with a relevant item, and the excluded count."""
-    sums: dict[str, list[float]] = {}
-    excluded = 0
+def oracle_rows(distances: np.ndarray, q_labels, g_labels, leave_one_out, ks=(1, 2, 3, 5)):
+    """Every query's value of every metric by loops, NaN for a query with no relevant item."""
+    rows: dict[str, list[float]] = {}
     for i in range(len(q_labels)):
         keep = [j for j in range(len(g_labels)) if not (leave_one_out and j == i)]
         dist = distances[i, keep]
         rel = np.asarray(g_labels)[keep] == q_labels[i]
         if not rel.any():
-            excluded += 1
+            for name in rows:
+                rows[name].append(np.nan)
             continue
         values = expected_metrics(dist, rel, ks)
         order = np.lexsort((np.array(keep), dist))  # (distance, gallery index)
@@ -106,8 +107,15 @@ def oracle(distances: np.ndarray, q_labels, g_labels, leave_one_out, ks=(1, 2, 3
         for k in ks:
             values[f"knn_accuracy@{k}"] = knn_vote(ordered, q_labels[i], k)
         for name, value in values.items():
-            sums.setdefault(name, []).append(value)
-    return {name: float(np.mean(v)) for name, v in sums.items()}, excluded
+            rows.setdefault(name, [np.nan] * i).append(value)
+    return {name: np.array(v) for name, v in rows.items()}
+
+
+def oracle(distances: np.ndarray, q_labels, g_labels, leave_one_out, ks=(1, 2, 3, 5)):
+    """Mean of every metric over queries with a relevant item, and the excluded count."""
+    rows = oracle_rows(distances, q_labels, g_labels, leave_one_out, ks)
+    excluded = int(np.isnan(next(iter(rows.values()))).sum())
+    return {name: float(np.nanmean(v)) for name, v in rows.items()}, excluded
 
 
 KS = (1, 2, 3, 5)
@@ -137,7 +145,7 @@ def backend_metrics(backend: str) -> tuple[str, ...]:
     whole ranking, which faiss's k-lists do not give: evaluate() takes them from torch's
     full-row pass whatever the backend, so with them in the request faiss would never run."""
     if backend == "faiss":
-        return tuple(n for n in ALL_RANK if n not in evaluator._FULL_RANKING)
+        return tuple(n for n in ALL_RANK if n not in _ranking._FULL_RANKING)
     return ALL_RANK
 
 
@@ -169,6 +177,32 @@ def test_float_leave_one_out_matches_loops(seed):
     assert excluded == 1  # the singleton class
     assert (got["num_queries"], got["num_queries_excluded"]) == (len(labels) - 1, 1)
     assert got["protocol"] == "leave-one-out" and got["ties"] == "expected"
+
+
+@pytest.mark.parametrize("leave_one_out", [True, False])
+def test_per_query_scores_match_loops_and_average_to_evaluate(leave_one_out):
+    rng = np.random.default_rng(4)
+    labels = uneven_labels(rng)
+    x = clustered(rng, labels)
+    names = ("map@r", "recall@2", "map", "knn_accuracy@3")
+    g, g_labels = (None, None) if leave_one_out else (x[::2] + 0.01, labels[::2])
+    got = per_query_scores(x, labels, g, g_labels, metrics=names)
+    ref = x if leave_one_out else g
+    want = oracle_rows(
+        cosine_distances(x, ref), labels, labels if g is None else g_labels, leave_one_out
+    )
+    means = evaluate(x, labels, g, g_labels, metrics=names)
+    for name in names:
+        assert got[name].shape == (len(labels),)
+        np.testing.assert_allclose(got[name], want[name], atol=1e-9, equal_nan=True)
+        assert np.nanmean(got[name]) == pytest.approx(means[name], abs=1e-12)
+    assert np.isnan(got["map@r"]).sum() == means["num_queries_excluded"]
+    assert means["num_queries_excluded"] >= leave_one_out  # the singleton class
+
+
+def test_per_query_scores_refuse_clustering_metrics():
+    with pytest.raises(ValueError, match="clustering metric"):
+        per_query_scores(np.eye(4), [0, 0, 1, 1], metrics=("nmi",))
 
 
 @pytest.mark.parametrize("backend", ["torch", "faiss"])
@@ -378,13 +412,13 @@ def test_labels_of_any_type():
 
 def test_evaluate_runs_one_search_with_largest_k(monkeypatch):
     calls = []
-    real = evaluator.iter_knn
+    real = _ranking.iter_knn
 
     def spy(*args, **kwargs):
         calls.append((args[2], kwargs["full_ranking"]))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(evaluator, "iter_knn", spy)
+    monkeypatch.setattr(_ranking, "iter_knn", spy)
     rng = np.random.default_rng(9)
     labels = uneven_labels(rng)  # largest class 13 -> R <= 12 in leave-one-out
     x = clustered(rng, labels)

@@ -17,10 +17,10 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from deepembed import index
+from deepembed.data.item_images import DatasetImages
 from deepembed.index.searcher import Searcher
 from deepembed.service import ServiceSettings, create_app
 from deepembed.service.concurrency import ReadWriteLock
-from deepembed.service.gallery import DatasetImages
 from deepembed.service.images import ImageStore
 from deepembed.service.metrics import Metrics
 from tests.service.conftest import KEY, PeakCalls, client_for, png

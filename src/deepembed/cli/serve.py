@@ -60,9 +60,9 @@ def serve(
     import torch
     import uvicorn
 
+    from deepembed.data.item_images import DatasetImages
     from deepembed.index.searcher import Searcher
     from deepembed.service import ServiceSettings, create_app
-    from deepembed.service.gallery import DatasetImages
 
     if not run_dir.is_dir():
         raise DataError(f"run directory not found: {run_dir}")

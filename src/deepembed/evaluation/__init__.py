@@ -14,7 +14,13 @@ from deepembed.evaluation._knn_space import (
     as_sign_bits,
 )
 from deepembed.evaluation.clustering import kmeans_assign
-from deepembed.evaluation.evaluator import DEFAULT_METRICS, METRIC_NAMES, evaluate, parse_metrics
+from deepembed.evaluation.evaluator import (
+    DEFAULT_METRICS,
+    METRIC_NAMES,
+    evaluate,
+    parse_metrics,
+    per_query_scores,
+)
 from deepembed.evaluation.hashing import groups_from_histograms, hamming_precision, map_hash_at_k
 from deepembed.evaluation.hashing_curves import DEFAULT_NS, hashing_curves
 from deepembed.evaluation.knn import KNN_BACKENDS, KNN_DISTANCES, iter_knn, knn_search
@@ -69,6 +75,7 @@ __all__ = [
     "pairwise_f1",
     "parse_labels",
     "parse_metrics",
+    "per_query_scores",
     "precision_at_k",
     "r_precision",
     "recall_at_k",

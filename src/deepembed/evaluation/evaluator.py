@@ -6,21 +6,16 @@ chunk dropped, so memory stays bounded even for Recall@1000 on 60,000 queries.
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from deepembed.evaluation import metrics as m
-from deepembed.evaluation._knn_hamming import _hamming_kernels_apply, _iter_hamming
 from deepembed.evaluation._knn_space import ArrayLike, EvaluationInputError, as_sign_bits
-from deepembed.evaluation.hashing import groups_from_histograms, hamming_precision, map_hash_at_k
-from deepembed.evaluation.knn import iter_knn
+from deepembed.evaluation._ranking import AT_K, RADIUS, Ranking
 from deepembed.evaluation.relevance import Relevance, parse_labels
-from deepembed.evaluation.ties import TieGroups, groups_from_list
 
 DEFAULT_METRICS = ("recall@1", "recall@2", "recall@4", "recall@8", "map@r", "r_precision", "nmi")
 
@@ -60,11 +55,7 @@ radius) and has no ties. kNN accuracy is the exception: it votes over the first 
 the order (distance, gallery index), a tie in votes going to the label with the nearest voter.
 """
 
-_AT_K = re.compile(r"^(recall|precision|map|map_hash|knn_accuracy)@([1-9][0-9]*)$")
-_RADIUS = re.compile(r"^hamming_precision@(0|[1-9][0-9]*)$")
 _PLAIN_RANK = ("r_precision", "map@r", "map", "mrr")
-_FULL_RANKING = ("map", "mrr")
-_METRIC_BLOCK = 1 << 20  # (rows x k) entries per block of per-query metric arrays
 
 
 def parse_metrics(metrics: Sequence[str]) -> tuple[list[str], int]:
@@ -74,11 +65,11 @@ def parse_metrics(metrics: Sequence[str]) -> tuple[list[str], int]:
     names: list[str] = []
     max_k = 0
     for name in metrics:
-        match = _AT_K.match(name) if isinstance(name, str) else None
+        match = AT_K.match(name) if isinstance(name, str) else None
         if match:
             max_k = max(max_k, int(match.group(2)))
         elif name not in (*_PLAIN_RANK, *m.CLUSTER_METRICS) and not (
-            isinstance(name, str) and _RADIUS.match(name)
+            isinstance(name, str) and RADIUS.match(name)
         ):
             raise EvaluationInputError(
                 f"unknown metric {name!r}; expected {', '.join(METRIC_NAMES)}"
@@ -101,48 +92,9 @@ def _rows(x: ArrayLike, name: str) -> int:
     return int(shape[0])
 
 
-@dataclass(frozen=True)
-class _Part:
-    """What the per-query metric functions see of a block of query rows."""
-
-    groups: TieGroups  # tie groups of the top-k lists
-    full: TieGroups  # tie groups of every relevant item (whole ranking) or ``groups``
-    relevant: np.ndarray  # (p,) R
-    neighbours: np.ndarray | None  # (p, k) neighbour class codes (single labels only)
-    query: np.ndarray | None  # (p,) query class codes (single labels only)
-    counts: np.ndarray | None  # (p, bits + 1) items at each Hamming distance
-    relevant_counts: np.ndarray | None  # (p, bits + 1) relevant items at each distance
-
-
-def _rank_metric(name: str, num_candidates: int) -> Callable[[_Part], np.ndarray]:
-    """Per-query function of a block of query rows -> (p,) values."""
-    radius = _RADIUS.match(name)
-    if radius:
-        r = int(radius.group(1))
-        return lambda p: hamming_precision(p.counts, p.relevant_counts, r)
-    match = _AT_K.match(name)
-    if match:
-        kind, k = match.group(1), int(match.group(2))
-        if kind == "recall":
-            return lambda p: m.recall_at_k(p.groups, k)
-        if kind == "precision":
-            return lambda p: m.precision_at_k(p.groups, k, num_candidates)
-        if kind == "map":
-            return lambda p: m.map_at_k(p.groups, k, p.relevant)
-        if kind == "map_hash":
-            return lambda p: map_hash_at_k(p.groups, k)
-        return lambda p: m.knn_accuracy(p.neighbours, p.query, k)
-    return {
-        "r_precision": lambda p: m.r_precision(p.groups, p.relevant),
-        "map@r": lambda p: m.map_at_r(p.groups, p.relevant),
-        "map": lambda p: m.average_precision(p.full, p.relevant),
-        "mrr": lambda p: m.reciprocal_rank(p.full),
-    }[name]
-
-
 def _check_inputs(names: list[str], relevance: Relevance, distance: str) -> None:
     """Refuse metric requests the inputs cannot serve, with one-line errors."""
-    radius = [n for n in names if _RADIUS.match(n)]
+    radius = [n for n in names if RADIUS.match(n)]
     if radius and distance != "hamming":
         raise EvaluationInputError(
             f"{radius[0]} counts items within a Hamming radius: it needs distance='hamming' "
@@ -253,81 +205,19 @@ def evaluate(
     relevance = _relevance(query_labels, gallery, gallery_labels, n_query)
     loo = relevance.loo
     _check_inputs(names, relevance, distance)
-    q_codes, g_codes = relevance.query, relevance.gallery
+    q_codes = relevance.query
 
     results: dict[str, float] = {}
     rank_names = [n for n in names if n not in m.CLUSTER_METRICS]
     n_used, n_excluded, k = n_query, 0, 0
     if rank_names:
-        relevant = relevance.counts()  # (Q,)
-        usable = relevant > 0  # (Q,) queries with something to find
-        n_used = int(usable.sum())
+        ranking = Ranking.plan(query, gallery, relevance, rank_names, max_k, distance, backend)
+        n_used, k = int(ranking.usable.sum()), ranking.k
         n_excluded = n_query - n_used
-        if n_used == 0:
-            raise EvaluationInputError(
-                "no query has a same-class item in the gallery: rank metrics are undefined"
-            )
-        k = max(1, max_k)
-        if any(n in ("r_precision", "map@r") for n in rank_names):
-            k = max(k, int(relevant.max()))
-        num_candidates = len(g_codes) - 1 if loo else len(g_codes)
-        k = min(k, num_candidates)
-        per_query = {name: _rank_metric(name, num_candidates) for name in rank_names}
         sums = dict.fromkeys(rank_names, 0.0)
-        kernels = distance == "hamming" and _hamming_kernels_apply(query, gallery, backend)
-        if kernels:
-            # popcount kernels: per-distance counts are every query's whole ranking, one tie
-            # group per distance; lists only for the votes of knn_accuracy@K
-            votes = [int(n.split("@")[1]) for n in rank_names if n.startswith("knn_accuracy@")]
-            chunks = _iter_hamming(
-                query, gallery, max(votes, default=0), loo, chunk_size, q_codes, g_codes, True
-            )
-        else:
-            chunks = iter_knn(
-                query,
-                gallery,
-                k,
-                distance,
-                exclude_self=loo,
-                chunk_size=chunk_size,
-                backend=backend,
-                query_labels=q_codes,
-                gallery_labels=g_codes,
-                full_ranking=any(n in _FULL_RANKING for n in rank_names),
-                histograms=any(_RADIUS.match(n) for n in rank_names),
-            )
-        for chunk in chunks:
-            # metric arrays are (rows, k): sub-chunks of ~1M entries keep them small
-            step = max(1, _METRIC_BLOCK // max(k, 1))
-            for r0 in range(0, len(chunk.indices), step):
-                part = np.arange(r0, min(r0 + step, len(chunk.indices)))
-                part = part[usable[chunk.start + part]]  # rows with a relevant item
-                if part.size == 0:
-                    continue
-                rows, cols = chunk.start + part, chunk.indices[part]  # (p,), (p, k)
-                counts, rel_counts = chunk.distance_counts, chunk.relevant_distance_counts
-                if kernels:  # the whole ranking, one group per distance
-                    groups = full = groups_from_histograms(counts[part], rel_counts[part])
-                else:
-                    groups = groups_from_list(
-                        chunk.distances[part],
-                        relevance.hits(rows, cols),
-                        chunk.tied_beyond[part],
-                        chunk.relevant_tied_beyond[part],
-                    )
-                    full = chunk.relevant_groups.select(part) if chunk.relevant_groups else groups
-                single = not relevance.multi_label
-                block = _Part(
-                    groups,
-                    full,
-                    relevant[rows],
-                    g_codes[cols] if single else None,
-                    q_codes[rows] if single else None,
-                    None if counts is None else counts[part],
-                    None if rel_counts is None else rel_counts[part],
-                )
-                for name, fn in per_query.items():
-                    sums[name] += float(fn(block).sum())
+        for _, values in ranking.blocks(chunk_size):
+            for name, v in values.items():
+                sums[name] += float(v.sum())
         results = {name: total / n_used for name, total in sums.items()}
     cluster_names = tuple(n for n in names if n in m.CLUSTER_METRICS)
     if cluster_names:
@@ -342,4 +232,35 @@ def evaluate(
     out["num_queries"] = n_used
     out["num_queries_excluded"] = n_excluded
     out["primary_metric"] = primary_metric or ("map@r" if "map@r" in names else names[0])
+    return out
+
+
+def per_query_scores(
+    query: ArrayLike,
+    query_labels: ArrayLike | Sequence,
+    gallery: ArrayLike | None = None,
+    gallery_labels: ArrayLike | Sequence | None = None,
+    metrics: Sequence[str] = ("map@r",),
+    distance: str = "cosine",
+    backend: str = "auto",
+    chunk_size: int = 1024,
+) -> dict[str, np.ndarray]:
+    """Every query's value of rank metrics, from the same search as :func:`evaluate`.
+
+    Arguments as for :func:`evaluate` (rank metrics only). Returns ``{metric: (Q,) float64}``
+    whose means over the finite entries are ``evaluate``'s figures; a query with no relevant
+    item in the gallery gets NaN (``evaluate`` leaves it out of its averages).
+    """
+    names, max_k = parse_metrics(metrics)
+    clustering = [n for n in names if n in m.CLUSTER_METRICS]
+    if clustering:
+        raise EvaluationInputError(f"{clustering[0]} is a clustering metric, not a per-query one")
+    n_query = _rows(query, "query")
+    relevance = _relevance(query_labels, gallery, gallery_labels, n_query)
+    _check_inputs(names, relevance, distance)
+    ranking = Ranking.plan(query, gallery, relevance, names, max_k, distance, backend)
+    out = {name: np.full(n_query, np.nan) for name in names}
+    for rows, values in ranking.blocks(chunk_size):
+        for name, v in values.items():
+            out[name][rows] = v
     return out

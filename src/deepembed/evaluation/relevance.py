@@ -107,6 +107,11 @@ class Relevance:
     def multi_label(self) -> bool:
         return self.query.ndim == 2
 
+    @property
+    def num_candidates(self) -> int:
+        """Gallery items a query is ranked against (all but itself in leave-one-out)."""
+        return len(self.gallery) - 1 if self.loo else len(self.gallery)
+
     def counts(self) -> np.ndarray:
         """(Q,) relevant gallery items of each query (itself excluded in leave-one-out)."""
         if self.multi_label:

@@ -7,7 +7,6 @@ import io
 import os
 import warnings
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -118,12 +117,3 @@ def thumbnail(image: Image.Image, size: int) -> bytes:
     out = io.BytesIO()
     image.save(out, "PNG")
     return out.getvalue()
-
-
-def tensor_image(pixels: Any) -> Image.Image:
-    """A dataset item's tensor (C, H, W) as a viewable image, its range stretched to 0-255."""
-    array = np.asarray(pixels, np.float32)
-    lo, hi = float(array.min()), float(array.max())
-    array = (array - lo) / (hi - lo or 1.0) * 255.0
-    array = array.astype(np.uint8).transpose(1, 2, 0)
-    return Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array[:, :, :3])

@@ -1,7 +1,9 @@
-"""Images of a run's gallery items that have no stored file: the run's own dataset split.
+"""The pictures of a run's items, by item id, from the run's own dataset split.
 
-`index build RUN` indexes the run's gallery (or test) embeddings, whose ids are the
-dataset's item ids; the service shows those items' pictures from the dataset itself."""
+A run's embeddings (`embeddings/test.npz`, `gallery.npz`) carry the dataset's item ids; the
+service shows gallery items that have no stored file, and the report draws its retrieval
+grids, from the dataset itself. Without the files (a run copied elsewhere) there are no
+pictures, never an error."""
 
 from __future__ import annotations
 
@@ -15,13 +17,21 @@ import yaml
 from PIL import Image
 
 from deepembed.data.images import load_image
-from deepembed.service.images import tensor_image
 
 log = logging.getLogger(__name__)
 
 
+def tensor_image(pixels: Any) -> Image.Image:
+    """A dataset item's tensor (C, H, W) as a viewable image, its range stretched to 0-255."""
+    array = np.asarray(pixels, np.float32)
+    lo, hi = float(array.min()), float(array.max())
+    array = (array - lo) / (hi - lo or 1.0) * 255.0
+    array = array.astype(np.uint8).transpose(1, 2, 0)
+    return Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array[:, :, :3])
+
+
 class DatasetImages:
-    """`images(item_id)` -> the PIL image of that item of the run's gallery split, or None.
+    """`images(item_id)` -> the PIL image of that item of one dataset split, or None.
 
     The dataset is opened on first use (it may take seconds) and never without its files:
     any failure means "no picture", logged once, never an error to a client."""
@@ -33,8 +43,10 @@ class DatasetImages:
         self._failed = False
 
     @classmethod
-    def of_run(cls, run_dir: Path) -> DatasetImages | None:
-        """From <run>/config.yaml; None when the run names no dataset."""
+    def of_run(cls, run_dir: Path, role: str = "gallery") -> DatasetImages | None:
+        """The run's gallery split (role "gallery": its gallery, or the test split searched
+        leave-one-out) or query split (role "query"), from <run>/config.yaml; None when the
+        run names no dataset."""
         try:
             config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
             data = config["data"]
@@ -44,7 +56,8 @@ class DatasetImages:
         from deepembed.data import eval_splits
 
         query, gallery = eval_splits(name)
-        split = gallery if (run_dir / "embeddings" / "gallery.npz").is_file() and gallery else query
+        has_gallery = gallery and (run_dir / "embeddings" / "gallery.npz").is_file()
+        split = gallery if role == "gallery" and has_gallery else query
         extra = {"eval_per_source": data.get("eval_per_source", 5000)}
         return cls(name, root, split, extra)
 
