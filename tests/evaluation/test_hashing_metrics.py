@@ -268,6 +268,17 @@ def test_curves_match_loops(leave_one_out, multi):
     for r in range(5):
         assert evaluated[f"hamming_precision@{r}"] == pytest.approx(zero[r], abs=1e-9)
     assert out["num_queries"] == evaluated["num_queries"]
+    # pair histogram by loops: kept queries only, never the query itself
+    want_rel, want_irr = np.zeros(5, int), np.zeros(5, int)
+    for i in range(len(dist)):
+        keep = [j for j in range(dist.shape[1]) if not (leave_one_out and i == j)]
+        if not rel[i, keep].any():
+            continue
+        for j in keep:
+            (want_rel if rel[i, j] else want_irr)[int(dist[i, j])] += 1
+    hist = out["distance_histogram"]
+    assert hist["distance"] == [0, 1, 2, 3, 4]
+    assert hist["relevant"] == want_rel.tolist() and hist["irrelevant"] == want_irr.tolist()
 
 
 def test_curves_report_undefined_precision_as_none():

@@ -79,7 +79,10 @@ def hashing_curves(
         ``{"protocol", "distance": "hamming", "ties": "expected", "bits", "database_size",
         "num_queries", "num_queries_excluded", "precision_at_n": {"n": [...], "precision":
         [...]}, "pr_curve": {"radius": [0..bits], "precision": [...], "recall": [...],
-        "precision_empty_as_zero": [...], "num_queries_retrieving": [...]}}``.
+        "precision_empty_as_zero": [...], "num_queries_retrieving": [...]},
+        "distance_histogram": {"distance": [0..bits], "relevant": [...], "irrelevant":
+        [...]}}``: the histogram counts (query, database item) pairs of the queries kept, at
+        each Hamming distance, relevant or not (the query itself excluded in leave-one-out).
 
     Raises:
         EvaluationInputError: bad codes or labels, bad ``ns``, or no query with a relevant
@@ -140,9 +143,12 @@ def hashing_curves(
             ("precision", precision),
             ("retrieving", within > 0),
             ("recall", hits / relevant[rows][keep][:, None]),
+            ("pairs", counts),
+            ("relevant_pairs", hits_at),
         ):
             sums[name] = sums.get(name, 0.0) + value.sum(axis=0)
     retrieving = sums["retrieving"].astype(np.int64)
+    pairs, relevant_pairs = sums["pairs"].astype(np.int64), sums["relevant_pairs"].astype(np.int64)
     return {
         "protocol": "leave-one-out" if relevance.loo else "query-gallery",
         "distance": "hamming",
@@ -161,5 +167,10 @@ def hashing_curves(
             "recall": [float(v / n_used) for v in sums["recall"]],
             "precision_empty_as_zero": [float(v / n_used) for v in sums["precision"]],
             "num_queries_retrieving": [int(c) for c in retrieving],
+        },
+        "distance_histogram": {
+            "distance": list(range(bits + 1)),
+            "relevant": [int(v) for v in relevant_pairs],
+            "irrelevant": [int(v) for v in pairs - relevant_pairs],
         },
     }
