@@ -7,6 +7,7 @@ from types import FrameType
 
 import typer
 
+from deepembed.cli.compare import compare
 from deepembed.cli.data import data_app
 from deepembed.cli.export import export_app
 from deepembed.cli.model import model_app
@@ -27,6 +28,7 @@ app.command("embed")(embed_command)
 app.command("evaluate")(evaluate)
 app.command("search")(search)
 app.command("serve")(serve)
+app.command("compare")(compare)
 app.add_typer(index_app, name="index")
 app.add_typer(plot_app, name="plot")
 app.add_typer(data_app, name="data")
