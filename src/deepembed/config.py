@@ -27,6 +27,7 @@ def require(ok: bool, key: str, rule: str, value: Any) -> None:
 
 
 SAMPLER_KINDS = ("pk", "random")
+BASELINES = ("raw_pixels", "pretrained")
 
 
 @dataclass
@@ -235,10 +236,22 @@ class EvalConfig:
     )
     distance: str = "cosine"
     batch_size: int = 0  # images per inference batch; 0 = from the model's input size
+    # also tested at the end, beside the model: raw_pixels (the input pixels, pooled to at
+    # most 32 x 32) and/or pretrained (the backbone's off-the-shelf pooled features)
+    baselines: list[str] = field(default_factory=list)
+    report: bool = True  # write report.html into the run directory at the end
 
     def __post_init__(self) -> None:
         require(bool(self.metrics), "eval.metrics", "a non-empty list", self.metrics)
         require(self.batch_size >= 0, "eval.batch_size", ">= 0 (0: automatic)", self.batch_size)
+        for name in self.baselines:
+            require(name in BASELINES, "eval.baselines[]", " or ".join(BASELINES), name)
+        require(
+            len(set(self.baselines)) == len(self.baselines),
+            "eval.baselines",
+            "a list without repeats",
+            self.baselines,
+        )
 
 
 @dataclass

@@ -84,10 +84,24 @@ def test_dataset_images_of_a_csv_run(tmp_path: Path) -> None:
     config = {"data": {"name": "csv", "root": str(folder / "items.csv")}}
     (run / "config.yaml").write_text(yaml.safe_dump(config))
     gallery = DatasetImages.of_run(run)
-    assert gallery is not None and gallery.split == "test"
+    assert gallery is not None
     assert gallery(0).size == (22, 10)  # the test split's first item is 2.png
     assert gallery(3).size == (25, 10) and gallery(4) is None
     assert DatasetImages.of_run(tmp_path) is None  # no config.yaml: no dataset
+    # the hashing protocol draws its query and database from every item: ids are rows of all
+    config["data"] |= {"protocol": "hashing", "hash_query_per_class": 1}
+    config["data"] |= {"hash_train_per_class": 1}
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    query, database = DatasetImages.of_run(run, "query"), DatasetImages.of_run(run, "gallery")
+    assert query is not None and database is not None
+    from deepembed.config import load_config
+    from deepembed.training.build import open_eval_splits
+
+    q_set, db_set = open_eval_splits(load_config(run / "config.yaml"))
+    assert db_set is not None and set(q_set.ids) & set(db_set.ids) == set()
+    for split, images in ((q_set, query), (db_set, database)):
+        for item_id, path in zip(split.ids, split.paths, strict=True):
+            assert images(int(item_id)).size == Image.open(path).size
 
 
 def test_metrics_text_is_prometheus_exposition() -> None:

@@ -12,6 +12,7 @@ from deepembed.cli.data import data_app
 from deepembed.cli.export import export_app
 from deepembed.cli.model import model_app
 from deepembed.cli.plot import plot_app
+from deepembed.cli.report import report
 from deepembed.cli.search import index_app, search
 from deepembed.cli.serve import serve
 from deepembed.cli.train import embed_command, evaluate, train
@@ -29,6 +30,7 @@ app.command("evaluate")(evaluate)
 app.command("search")(search)
 app.command("serve")(serve)
 app.command("compare")(compare)
+app.command("report")(report)
 app.add_typer(index_app, name="index")
 app.add_typer(plot_app, name="plot")
 app.add_typer(data_app, name="data")

@@ -28,7 +28,7 @@ from deepembed.inference import (
 from deepembed.io import write_json
 from deepembed.models.embedder import Embedder
 from deepembed.training import train as train_run
-from deepembed.training.pipeline import resume_config
+from deepembed.training.rundir import resume_config
 from deepembed.viz.curves import plot_recall_at_k
 
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]

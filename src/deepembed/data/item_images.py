@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 from PIL import Image
 
 from deepembed.data.images import load_image
@@ -33,47 +33,46 @@ def tensor_image(pixels: Any) -> Image.Image:
 class DatasetImages:
     """`images(item_id)` -> the PIL image of that item of one dataset split, or None.
 
-    The dataset is opened on first use (it may take seconds) and never without its files:
+    The split is opened on first use (it may take seconds) and never without its files:
     any failure means "no picture", logged once, never an error to a client."""
 
-    def __init__(self, name: str, root: str, split: str, extra: dict[str, Any]) -> None:
-        self.name, self.root, self.split, self.extra = name, root, split, extra
+    def __init__(self, opener: Callable[[], Any], what: str) -> None:
+        """`opener()` returns the split (items with `ids`); `what` names it in the log."""
+        self.opener, self.what = opener, what
         self._lock = threading.Lock()
         self._opened: tuple[Any, dict[int, int]] | None = None
         self._failed = False
 
     @classmethod
     def of_run(cls, run_dir: Path, role: str = "gallery") -> DatasetImages | None:
-        """The run's gallery split (role "gallery": its gallery, or the test split searched
-        leave-one-out) or query split (role "query"), from <run>/config.yaml; None when the
-        run names no dataset."""
-        try:
-            config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
-            data = config["data"]
-            name, root = str(data["name"]), str(data.get("root") or "")
-        except (OSError, KeyError, TypeError, yaml.YAMLError):
-            return None
-        from deepembed.data import eval_splits
+        """The items of a run's test protocol, as its embeddings hold them: role "gallery"
+        is its gallery (or the test queries searched leave-one-out), role "query" its test
+        queries. From <run>/config.yaml (data and protocol); None without one."""
+        from deepembed.config import load_config
 
-        query, gallery = eval_splits(name)
-        has_gallery = gallery and (run_dir / "embeddings" / "gallery.npz").is_file()
-        split = gallery if role == "gallery" and has_gallery else query
-        extra = {"eval_per_source": data.get("eval_per_source", 5000)}
-        return cls(name, root, split, extra)
+        try:
+            config = load_config(run_dir / "config.yaml")
+        except Exception as exc:  # no config, or one this version cannot read
+            log.warning("no item images for %s: %s", run_dir, exc)
+            return None
+
+        def opener() -> Any:
+            from deepembed.training.build import open_eval_splits
+
+            query, gallery = open_eval_splits(config)
+            return gallery if role == "gallery" and gallery is not None else query
+
+        return cls(opener, f"{config.data.name} ({role})")
 
     def _open(self) -> tuple[Any, dict[int, int]] | None:
         with self._lock:
             if self._opened is None and not self._failed:
                 try:
-                    from deepembed import data
-
-                    dataset = data.open(
-                        self.name, self.root, self.split, transform=None, **self.extra
-                    )
+                    dataset = self.opener()
                     ids = np.asarray(getattr(dataset, "ids", np.arange(len(dataset))))
                     self._opened = (dataset, {int(i): p for p, i in enumerate(ids.tolist())})
                 except Exception as exc:  # no files here, a changed root ...: no pictures
-                    log.warning("gallery images of %s unavailable: %s", self.name, exc)
+                    log.warning("images of %s unavailable: %s", self.what, exc)
                     self._failed = True
             return self._opened
 

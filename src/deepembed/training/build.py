@@ -199,12 +199,21 @@ def open_splits(config: RunConfig) -> Splits:
     if d.val_classes > 0:
         train_set, val_set = data.validation_split(train_set, d.val_classes, config.train.seed)
         val_set = cap_per_class(val_set, d.val_per_class, config.train.seed)
-    query_split, gallery_split = data.eval_splits(d.name)
-    query = open_split(config, query_split)
-    gallery = open_split(config, gallery_split) if gallery_split else None
+    query, gallery = open_eval_splits(config)
     return Splits(
         cap_per_class(train_set, d.train_per_class, config.train.seed), val_set, query, gallery
     )
+
+
+def open_eval_splits(config: RunConfig) -> tuple[data.Dataset, data.Dataset | None]:
+    """The run's test queries and gallery (None: leave-one-out on the queries) as stored:
+    the items, in order and with the ids, of its embeddings/test.npz and gallery.npz."""
+    if config.data.protocol == "hashing":
+        splits = open_hashing_splits(config)
+        return splits.query, splits.gallery
+    query_split, gallery_split = data.eval_splits(config.data.name)
+    query = open_split(config, query_split)
+    return query, open_split(config, gallery_split) if gallery_split else None
 
 
 def loading(config: RunConfig, progress: bool) -> Loading:

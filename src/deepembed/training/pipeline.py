@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from deepembed import data
-from deepembed.config import RunConfig, load_config, save_config, to_dict
+from deepembed.config import RunConfig, save_config
 from deepembed.data.labels import is_multi_label
 from deepembed.data.transforms import train_augmentation
 from deepembed.errors import ConfigError
@@ -54,16 +54,22 @@ from deepembed.training.callbacks import (
 from deepembed.training.checkpoint import (
     CHECKPOINT_DIR,
     checkpoint_paths,
-    config_differences,
     load_checkpoint,
 )
 from deepembed.training.distributed import Strategy, check_world_size, strategy_from_env
 from deepembed.training.frozen import frozen_bank
 from deepembed.training.logs import MetricsLogger, TensorBoardLogger
 from deepembed.training.objective import MetricObjective, build_objective, check_multi_label
+from deepembed.training.results import (
+    baseline_metrics,
+    check_baselines,
+    split_sizes,
+    write_run_report,
+)
 from deepembed.training.rundir import (
     SkipReporter,
     attach_skip_log,
+    check_resumable,
     check_run_dir,
     finish_run,
     partial_dir,
@@ -72,7 +78,7 @@ from deepembed.training.rundir import (
 from deepembed.training.trainer import Trainer, autocast_dtype
 from deepembed.viz.hashing import plot_hashing_curves
 
-__all__ = ["Prepared", "TrainResult", "prepare", "resume_config", "train"]
+__all__ = ["Prepared", "TrainResult", "prepare", "train"]
 
 
 @dataclass
@@ -113,6 +119,7 @@ def prepare(config: RunConfig, strategy: Strategy | None = None) -> Prepared:
     if is_multi_label(splits.train):
         check_multi_label(config)
     model = build_model(config, splits.train).to(strategy.device)
+    check_baselines(config, model)
     if strategy.world_size > 1:  # the batches of one epoch, before rounding up for ranks
         check_world_size(len(make_sampler(config, splits.train)), strategy.world_size)
     sampler = make_sampler(config, splits.train, strategy.rank, strategy.world_size)
@@ -142,36 +149,6 @@ def _device(config: RunConfig) -> torch.device:
     from deepembed.training.build import resolve_device
 
     return resolve_device(config.train.device)
-
-
-def resume_config(
-    run_dir: str | Path, config_path: str | Path | None = None, overrides: list[str] | None = None
-) -> RunConfig:
-    """The config of the interrupted run at `run_dir`, or the config file / overrides given
-    with --resume, which may change only how the run executes (RESUMABLE_CHANGES)."""
-    wanted = None
-    if config_path is not None or overrides:
-        wanted = load_config(config_path or resume_dir(Path(run_dir)) / "config.yaml", overrides)
-    return check_resumable(Path(run_dir), wanted)
-
-
-def check_resumable(run_dir: Path, wanted: RunConfig | None = None) -> RunConfig:
-    """The config to continue the interrupted run at `run_dir` with: its own, or `wanted`
-    when that differs only in RESUMABLE_CHANGES (else a ConfigError naming the keys)."""
-    stage = resume_dir(run_dir)
-    saved = load_config(stage / "config.yaml")
-    if wanted is not None:
-        differences = config_differences(to_dict(saved), to_dict(wanted))
-        if differences:
-            raise ConfigError(
-                f"--resume {run_dir}: the run was started with another config; differing "
-                "keys: " + "; ".join(differences)
-            )
-        saved = wanted
-    # the run continues where it is now, even if its directory was moved
-    name = stage.name.removeprefix(".").removesuffix(".partial")
-    train_config = dataclasses.replace(saved.train, resume=str(run_dir))
-    return dataclasses.replace(saved, name=name, output_dir=str(stage.parent), train=train_config)
 
 
 def train(
@@ -380,6 +357,13 @@ def _final_test(
     }
     if splits.val is not None:
         summary["validation"] = history[keeper.best_epoch - 1]["val"]
+    summary["split_sizes"] = split_sizes(splits)
+    if config.eval.baselines and strategy.is_main:
+        base_start = time.perf_counter()
+        summary["baselines"] = baseline_metrics(
+            config, ready.model, splits.query, splits.gallery, progress
+        )
+        summary["timings"]["baselines_s"] = time.perf_counter() - base_start
     if strategy.is_main:
         query.save(stage / "embeddings" / "test.npz")
         if gallery is not None:
@@ -395,4 +379,6 @@ def _final_test(
             summary["hashing_curves"] = curves
             plot_hashing_curves(curves, stage / "hashing_curves.png")
         write_json(stage / "metrics.json", summary)
+        if config.eval.report:
+            write_run_report(stage, progress)
     return TrainResult(stage, model_dir, summary, history)

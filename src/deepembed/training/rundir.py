@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 from pathlib import Path
@@ -10,8 +11,10 @@ from typing import TYPE_CHECKING
 from tqdm.auto import tqdm
 
 from deepembed import data
+from deepembed.config import RunConfig, load_config, to_dict
 from deepembed.data.images import SkipLog
 from deepembed.errors import ConfigError
+from deepembed.training.checkpoint import config_differences
 
 if TYPE_CHECKING:
     from deepembed.training.trainer import Splits
@@ -95,3 +98,33 @@ class SkipReporter:
                 f"all listed in {self.final_path}"
             )
         self.reported = len(entries)
+
+
+def resume_config(
+    run_dir: str | Path, config_path: str | Path | None = None, overrides: list[str] | None = None
+) -> RunConfig:
+    """The config of the interrupted run at `run_dir`, or the config file / overrides given
+    with --resume, which may change only how the run executes (RESUMABLE_CHANGES)."""
+    wanted = None
+    if config_path is not None or overrides:
+        wanted = load_config(config_path or resume_dir(Path(run_dir)) / "config.yaml", overrides)
+    return check_resumable(Path(run_dir), wanted)
+
+
+def check_resumable(run_dir: Path, wanted: RunConfig | None = None) -> RunConfig:
+    """The config to continue the interrupted run at `run_dir` with: its own, or `wanted`
+    when that differs only in RESUMABLE_CHANGES (else a ConfigError naming the keys)."""
+    stage = resume_dir(run_dir)
+    saved = load_config(stage / "config.yaml")
+    if wanted is not None:
+        differences = config_differences(to_dict(saved), to_dict(wanted))
+        if differences:
+            raise ConfigError(
+                f"--resume {run_dir}: the run was started with another config; differing "
+                "keys: " + "; ".join(differences)
+            )
+        saved = wanted
+    # the run continues where it is now, even if its directory was moved
+    name = stage.name.removeprefix(".").removesuffix(".partial")
+    train_config = dataclasses.replace(saved.train, resume=str(run_dir))
+    return dataclasses.replace(saved, name=name, output_dir=str(stage.parent), train=train_config)

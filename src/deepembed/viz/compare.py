@@ -19,7 +19,7 @@ import yaml
 
 from deepembed.errors import UserError
 from deepembed.io import atomic_write, reading
-from deepembed.viz.html import esc, folded, note, number, page, section, write_page
+from deepembed.viz.html import Cell, esc, folded, note, number, page, section, table, write_page
 
 # Keys that differ between any two runs without saying anything about the recipe.
 IGNORED_KEYS = ("name", "output_dir")
@@ -255,17 +255,9 @@ def to_markdown(comparison: Comparison) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _html_table(headers: Sequence[str], rows: Sequence[Sequence[tuple[str, bool, bool]]]) -> str:
-    """Like viz.html.table, with some cells marked <strong>."""
-    head = "".join(f"<th>{esc(h)}</th>" for h in headers)
-    body = []
-    for row in rows:
-        cells = []
-        for text, numeric, best in row:
-            inner = f"<strong>{esc(text)}</strong>" if best else esc(text)
-            cells.append(f'<td class="num">{inner}</td>' if numeric else f"<td>{inner}</td>")
-        body.append(f"<tr>{''.join(cells)}</tr>")
-    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+def _cell_table(headers: Sequence[str], rows: Sequence[Sequence[tuple[str, bool, bool]]]) -> str:
+    """viz.html.table of (text, numeric, best) cells, the best in bold."""
+    return table(headers, [[Cell(*cell) for cell in row] for row in rows])
 
 
 def _title(comparison: Comparison) -> str:
@@ -281,7 +273,7 @@ def _body(comparison: Comparison) -> str:
         "the run's timings (data, epochs with their evaluations, final test). "
         "The best value of each metric is in bold; '-' where a run has no value."
     )
-    runs_table = _html_table(
+    runs_table = _cell_table(
         ["run", "path", *DETAIL_KEYS],
         [
             [(run, False, False), (str(path), False, False)]
@@ -293,7 +285,7 @@ def _body(comparison: Comparison) -> str:
     )
     shared = "\n".join(f"{k}: {config_text(v)}" for k, v in comparison.shared.items())
     return (
-        section("Runs side by side", note(explained) + _html_table(headers, rows), "table")
+        section("Runs side by side", note(explained) + _cell_table(headers, rows), "table")
         + section("Evaluation", runs_table, "evaluation")
         + folded(
             f"Config shared by every run ({len(comparison.shared)} keys)",

@@ -10,6 +10,7 @@ import base64
 import html
 import math
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from deepembed.io import atomic_write
@@ -29,9 +30,14 @@ img.plot { max-width: 100%; height: auto; }
 .grid td { border: none; padding: 0; text-align: center; font-size: 11px; }
 .grid img { display: block; width: 72px; height: 72px; object-fit: contain;
             background: #fff; border: 3px solid transparent; }
-.grid .query img { border-color: #3b6fd8; } .grid .hit img { border-color: #1a9641; }
-.grid .miss img { border-color: #d7191c; } .grid th { background: none; border: none;
-  font-weight: normal; text-align: right; font-size: 11px; padding-right: 6px; }
+.grid .tile { display: flex; align-items: center; justify-content: center;
+  width: 72px; height: 72px; background: #f4f4f6; border: 3px solid transparent;
+  font-size: 10px; overflow: hidden; }
+.grid .query img, .grid .query .tile { border-color: #3b6fd8; }
+.grid .hit img, .grid .hit .tile { border-color: #1a9641; }
+.grid .miss img, .grid .miss .tile { border-color: #d7191c; }
+.grid th { background: none; border: none; font-weight: normal; text-align: right;
+  font-size: 11px; padding-right: 6px; }
 """
 
 
@@ -49,17 +55,45 @@ def number(value: object, digits: int = 4) -> str:
     return str(value)
 
 
-def table(headers: Sequence[str], rows: Iterable[Sequence[object]], numeric_from: int = 1) -> str:
-    """A table; cells from column `numeric_from` on are numbers (right-aligned)."""
-    head = "".join(f"<th>{esc(h)}</th>" for h in headers)
+@dataclass(frozen=True)
+class Cell:
+    """A table cell given as is: its text, right-aligned if numeric, bold if strong."""
+
+    text: str
+    numeric: bool = False
+    strong: bool = False
+
+    def html(self) -> str:
+        inner = f"<strong>{esc(self.text)}</strong>" if self.strong else esc(self.text)
+        return f'<td class="num">{inner}</td>' if self.numeric else f"<td>{inner}</td>"
+
+
+def table(
+    headers: Sequence[str] | None, rows: Iterable[Sequence[object]], numeric_from: int = 1
+) -> str:
+    """A table (no header row when `headers` is None). Plain values in columns from
+    `numeric_from` on are numbers (formatted by `number`, right-aligned); a `Cell` is
+    rendered as it says."""
+    head = "".join(f"<th>{esc(h)}</th>" for h in headers or ())
     body = []
+
+    def cell(i: int, v: object) -> Cell:
+        if isinstance(v, Cell):
+            return v
+        return Cell(number(v), True) if i >= numeric_from else Cell(str(v))
+
     for row in rows:
         cells = [
-            f'<td class="num">{esc(number(v))}</td>' if i >= numeric_from else f"<td>{esc(v)}</td>"
+            v
+            if isinstance(v, Cell)
+            else Cell(number(v), True)
+            if i >= numeric_from
+            else Cell(str(v))
             for i, v in enumerate(row)
         ]
-        body.append(f"<tr>{''.join(cells)}</tr>")
-    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+        body.append(f"<tr>{''.join(c.html() for c in cells)}</tr>")
+    head_row = f"<tr>{head}</tr>" if head else ""
+    return f"<table>{head_row}{''.join(body)}</table>"
 
 
 def data_uri(payload: bytes, mime: str = "image/png") -> str:
