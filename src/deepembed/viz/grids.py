@@ -65,11 +65,12 @@ def class_name(embeddings: Embeddings, row: int) -> str:
     return embeddings.class_names.get(int(label), str(int(label)))
 
 
-def _cell(css: str, uri: str | None, title: str, caption: str) -> str:
+def _cell(css: str, item_id: int, uri: str | None, title: str, caption: str) -> str:
     tile = (
         f'<img src="{uri}" alt="{esc(title)}">' if uri else f'<div class="tile">{esc(title)}</div>'
     )
-    return f'<td class="{css}" title="{esc(title)}">{tile}<div>{esc(caption)}</div></td>'
+    attrs = f'class="{css}" data-item="{item_id}" title="{esc(title)}"'
+    return f"<td {attrs}>{tile}<div>{esc(caption)}</div></td>"
 
 
 def retrieval_grid(
@@ -89,12 +90,14 @@ def retrieval_grid(
         ap = retrieval.ap[r]
         head = esc(class_name(query, r)) + (f"<br>MAP@R {ap:.2f}" if np.isfinite(ap) else "")
         q_id = int(query.ids[r])
-        cells = [_cell("query", query_thumbs.uri(q_id), class_name(query, r), f"query {q_id}")]
+        cells = [
+            _cell("query", q_id, query_thumbs.uri(q_id), class_name(query, r), f"query {q_id}")
+        ]
         for j, g in enumerate(retrieval.neighbours[r]):
-            g = int(g)
+            g_id = int(gallery.ids[g])
             css = "hit" if retrieval.hits[r, j] else "miss"
-            title = f"{class_name(gallery, g)} (item {int(gallery.ids[g])})"
+            title = f"{class_name(gallery, int(g))} (item {g_id})"
             dist = f"{retrieval.distances[r, j]:.3g}"
-            cells.append(_cell(css, gallery_thumbs.uri(int(gallery.ids[g])), title, dist))
+            cells.append(_cell(css, g_id, gallery_thumbs.uri(g_id), title, dist))
         lines.append(f"<tr><th>{head}</th>{''.join(cells)}</tr>")
     return f'<table class="grid">{"".join(lines)}</table>'

@@ -333,7 +333,8 @@ def write_report(
         _prepare(ctx)
         bar.update()
         for title, build in sections:
-            body.append(h.section(title, _safe(title, build, ctx)))
+            anchor = title.split(":")[0].lower().replace(" ", "-").replace("@", "-at-")
+            body.append(h.section(title, _safe(title, build, ctx), anchor))
             bar.update()
     problems = "".join(h.note(p) for p in record.problems)
     footer = f'<p class="muted">Written by deepembed in {time.perf_counter() - start:.1f} s.</p>'
