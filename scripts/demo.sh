@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The main job on the default dataset: train -> evaluate -> index -> search -> plot.
+# The main job on the default dataset: train (+ report) -> evaluate -> index -> search.
 # Each step is the CLI command a user would run; everything lands in runs/mnist30/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +16,8 @@ if [ -f "$run/metrics.json" ]; then
 else
     step train configs/mnist30.yaml
 fi
+# The trainer wrote report.html; a run trained by an older version gets it now.
+[ -f "$run/report.html" ] || step report "$run"
 step evaluate "$run/embeddings/test.npz"
 step index build "$run/embeddings/test.npz"
 # One example query by item id (the first unseen-class item), and one by image file.
@@ -29,12 +31,12 @@ Image.fromarray((image[0].numpy() * 255).astype("uint8")).save(sys.argv[1])
 print(f"wrote {sys.argv[1]} (an unseen-class test image, label {label})")
 PY
 step search "$run/index" --image "$run/query.png" -k 5
-step plot tsne "$run/embeddings/test.npz"
 
 echo
 echo "demo finished in $(( $(date +%s) - start )) s. Results in $run/:"
+echo "  report.html (open it in a browser: metrics, curves, retrieval grids, the embedding map)"
 echo "  config.yaml (resolved config)  history.jsonl  metrics.json  evaluation.json  model/"
-echo "  embeddings/  index/  tsne.png  query.png"
+echo "  embeddings/  index/  query.png"
 echo
 echo "Search it in a browser (the web page at http://127.0.0.1:8000/, the API at /docs):"
 echo "  .venv/bin/deepembed serve $run"

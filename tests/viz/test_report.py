@@ -191,6 +191,7 @@ def test_query_gallery_run_writes_its_report_with_raw_pixel_baseline(tmp_path: P
     )  # fmt: skip
     run = train(config, progress=False).run_dir
     page = (run / "report.html").read_text()  # written by the trainer itself
+    assert "<title>deepembed run report: qg</title>" in page  # not its .qg.partial folder
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["protocol"] == "query-gallery" and (run / "embeddings/gallery.npz").is_file()
     check_grids(run, page, hamming=False)

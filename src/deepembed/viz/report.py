@@ -66,7 +66,8 @@ class _Context:
 
 def _run_table(record: RunRecord) -> str:
     """The run at a glance: data, model, objective, schedule and time."""
-    m, data, model = record.metrics, record.section("data"), record.section("model")
+    m, data = record.metrics, record.section("data")
+    model = {**record.section("model"), **record.model}  # the saved model's resolved values
     loss, miner, sampler = (
         record.section("loss"),
         record.section("miner"),
@@ -74,7 +75,7 @@ def _run_table(record: RunRecord) -> str:
     )
     train = record.section("train")
     rows: list[tuple[str, Any]] = [
-        ("run", record.path.name),
+        ("run", record.name),
         ("dataset", m.get("dataset", data.get("name", "-"))),
     ]
     if data.get("root"):
@@ -340,5 +341,5 @@ def write_report(
     footer = f'<p class="muted">Written by deepembed in {time.perf_counter() - start:.1f} s.</p>'
     path = Path(out) if out is not None else record.path / "report.html"
     return h.write_page(
-        path, f"deepembed run report: {record.path.name}", problems + "".join(body) + footer
+        path, f"deepembed run report: {record.name}", problems + "".join(body) + footer
     )

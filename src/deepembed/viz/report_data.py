@@ -33,6 +33,7 @@ class RunRecord:
     history: list[dict[str, Any]]
     query: Embeddings | None  # embeddings/test.npz (None: not written or unreadable)
     gallery: Embeddings | None  # embeddings/gallery.npz for query/gallery protocols
+    model: dict[str, Any] = field(default_factory=dict)  # model/config.json: all resolved
     problems: list[str] = field(default_factory=list)  # what could not be read, for notes
 
     @classmethod
@@ -53,7 +54,16 @@ class RunRecord:
         history = _history(path / "history.jsonl", problems)
         query = _embeddings(path / "embeddings" / "test.npz", problems, required=True)
         gallery = _embeddings(path / "embeddings" / "gallery.npz", problems, required=False)
-        return cls(path, config, metrics, history, query, gallery, problems)
+        try:
+            model = _json_object(path / "model" / "config.json", "model's config")
+        except DataError:
+            model = {}  # the run's config still says what the model was
+        return cls(path, config, metrics, history, query, gallery, model, problems)
+
+    @property
+    def name(self) -> str:
+        """The run's name (its config's; the folder is `.<name>.partial` while training)."""
+        return str(self.config.get("name") or self.path.name)
 
     @property
     def distance(self) -> str:
