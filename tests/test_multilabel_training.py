@@ -16,6 +16,7 @@ from deepembed.config import load_config
 from deepembed.errors import ConfigError
 from deepembed.inference import Embeddings
 from deepembed.training.pipeline import train
+from tests.viz.helpers import grid_rows, section
 
 COLOURS = ("red", "green", "blue")
 SPLITS = {"train": 48, "val": 12, "query": 12, "database": 24}
@@ -71,6 +72,18 @@ def test_pairwise_and_centre_losses_train_on_multilabel_rows(
     test = Embeddings.load(result.run_dir / "embeddings" / "test.npz")
     gallery = Embeddings.load(result.run_dir / "embeddings" / "gallery.npz")
     assert test.labels.shape == (12, 3) and gallery.labels.shape == (24, 3)
+    # the report: results framed by a shared label, validation beside test, notes where a
+    # part needs single labels
+    page = (result.run_dir / "report.html").read_text()
+    assert "could not be drawn" not in page and "needs single labels" in page
+    assert "<th>validation</th>" in section(page, "metrics")
+    q_row = {int(i): r for r, i in enumerate(test.ids)}
+    g_row = {int(i): r for r, i in enumerate(gallery.ids)}
+    for line in grid_rows(section(page, "retrieval-examples")):
+        query = test.labels[q_row[line[0][1]]]
+        for css, item, _ in line[1:]:
+            shared = bool((query & gallery.labels[g_row[item]]).any())
+            assert css == ("hit" if shared else "miss")
 
 
 @pytest.mark.parametrize(

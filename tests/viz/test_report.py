@@ -19,6 +19,7 @@ from deepembed.config import load_config
 from deepembed.inference import Embeddings
 from deepembed.training.pipeline import train
 from deepembed.viz.report import ReportOptions, write_report
+from tests.viz.helpers import grid_rows, section, table_rows
 
 SECTIONS = (
     "run",
@@ -40,25 +41,6 @@ HASH_QUICK = [
     "train.epochs=2",
     "train.max_steps=6",
 ]
-
-
-def section(page: str, anchor: str) -> str:
-    match = re.search(rf'<section id="{anchor}">(.*?)</section>', page, re.S)
-    assert match, f"no section {anchor}"
-    return match.group(1)
-
-
-def grid_rows(html: str) -> list[list[tuple[str, int, str]]]:
-    """[(css class, item id, caption)] of each grid line: the query first."""
-    rows = []
-    for line in re.findall(r"<tr><th>.*?</tr>", html, re.S):
-        cells = re.findall(r'<td class="(\w+)" data-item="(\d+)".*?<div>([^<]*)</div></td>', line)
-        rows.append([(css, int(item), caption) for css, item, caption in cells])
-    return rows
-
-
-def table_rows(html: str) -> list[list[str]]:
-    return [re.findall(r"<td[^>]*>(.*?)</td>", r) for r in re.findall(r"<tr>(.*?)</tr>", html)]
 
 
 def distances(query: Embeddings, gallery: Embeddings, hamming: bool) -> np.ndarray:
@@ -261,3 +243,15 @@ def test_report_cli_refuses_bad_input_and_keeps_files(
     result = runner.invoke(app, ["report", str(damaged)])
     assert result.exit_code == 2 and "metrics.json is not readable" in result.output
     assert (damaged / "report.html").read_bytes() == before  # the old report is kept
+
+
+def test_a_collapsed_model_gets_a_note_instead_of_a_map() -> None:
+    from deepembed.viz.grids import Thumbnails
+    from deepembed.viz.report_plots import embedding_maps
+
+    same = Embeddings(np.ones((30, 8), np.float32), np.arange(30) % 3, np.arange(30))
+    ((text, png),) = embedding_maps(same, Thumbnails(None), 100, 5, 0)
+    assert png is None and "same point" in text
+    varied = Embeddings(np.random.default_rng(0).normal(size=(30, 8)).astype(np.float32),
+                        np.arange(30) % 3, np.arange(30))  # fmt: skip
+    assert embedding_maps(varied, Thumbnails(None), 100, 5, 0)[0][1] is not None

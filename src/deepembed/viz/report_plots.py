@@ -62,6 +62,8 @@ def embedding_maps(
         return [(f"Too few items for a map ({len(query)}).", None)]
     rows = stratified_sample(labels, max_points, seed)
     vectors = query.vectors[rows]
+    if not np.ptp(vectors, axis=0).any():  # a collapsed model: t-SNE's PCA start divides by 0
+        return [("Every embedding of the sample is the same point: no map to draw.", None)]
     picked = np.random.default_rng(seed).permutation(len(rows))[:max_thumbnails]
     pictures = [(int(p), thumbs.image(int(query.ids[rows[p]]))) for p in np.sort(picked)]
     thumbnails = [(p, image) for p, image in pictures if image is not None]
