@@ -20,13 +20,10 @@ import yaml
 from deepembed.errors import UserError
 from deepembed.io import atomic_write, reading
 from deepembed.viz.html import Cell, esc, folded, note, number, page, section, table, write_page
+from deepembed.viz.report_data import is_metric
 
 # Keys that differ between any two runs without saying anything about the recipe.
 IGNORED_KEYS = ("name", "output_dir")
-# Numbers in metrics.json that describe the evaluation rather than measure the model.
-BOOKKEEPING = frozenset(
-    {"k", "num_queries", "num_queries_excluded", "selected_epoch", "epochs_trained", "world_size"}
-)
 VAL_PREFIX = "val "
 TIME_COLUMN = "train+eval time"
 DETAIL_KEYS = ("dataset", "protocol", "distance", "selection", "selected_epoch", "epochs_trained")
@@ -80,11 +77,6 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _is_metric(name: str, value: object) -> bool:
-    is_number = isinstance(value, int | float) and not isinstance(value, bool)
-    return is_number and name not in BOOKKEEPING
-
-
 def _read_run(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """(config, metrics) of a run directory, or a UserError naming what is wrong."""
     if not run_dir.is_dir():
@@ -113,7 +105,7 @@ def _time(metrics: Mapping[str, Any]) -> float | None:
     timings = metrics.get("timings")
     if not isinstance(timings, Mapping):
         return None
-    seconds = [v for v in timings.values() if _is_metric("", v)]
+    seconds = [v for v in timings.values() if is_metric("", v)]
     return float(sum(seconds)) if seconds else None
 
 
@@ -127,7 +119,7 @@ def _metric_columns(
             if not isinstance(values, Mapping):
                 continue
             for name, value in values.items():
-                if _is_metric(name, value):
+                if is_metric(name, value):
                     column = columns.setdefault(prefix + name, [None] * len(metrics))
                     column[i] = float(value)
     if wanted is None:

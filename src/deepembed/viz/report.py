@@ -27,6 +27,7 @@ from deepembed.viz.report_data import (
     RunRecord,
     analyse,
     hamming_curves,
+    is_metric,
     per_class_ap,
     sample_queries,
     worst_queries,
@@ -114,24 +115,6 @@ def _run_table(record: RunRecord) -> str:
     return h.table(None, rows, numeric_from=2)
 
 
-def _metric_names(metrics: dict[str, Any]) -> list[str]:
-    return [
-        k
-        for k, v in metrics.items()
-        if isinstance(v, int | float)
-        and not isinstance(v, bool)
-        and k
-        not in (
-            "k",
-            "num_queries",
-            "num_queries_excluded",
-            "selected_epoch",
-            "epochs_trained",
-            "world_size",
-        )
-    ]
-
-
 def _metrics_section(record: RunRecord) -> str:
     """Test metrics of the kept model beside its validation metrics and the baselines."""
     m = record.metrics
@@ -141,7 +124,7 @@ def _metrics_section(record: RunRecord) -> str:
     for name, values in (m.get("baselines") or {}).items():
         if isinstance(values, dict):
             columns[f"baseline: {name}"] = values
-    names = _metric_names(m)
+    names = [k for k, v in m.items() if is_metric(k, v)]
     rows = [(n, *(c.get(n) for c in columns.values())) for n in names]
     body = h.table(("metric", *columns), rows)
     if "baselines" not in m:

@@ -21,6 +21,16 @@ from deepembed.evaluation import hashing_curves, knn_search, per_query_scores
 from deepembed.inference import Embeddings
 
 RECALL_KS = (1, 2, 4, 8, 16, 32)
+# Numbers in metrics.json that describe the evaluation rather than measure the model.
+BOOKKEEPING = frozenset(
+    {"k", "num_queries", "num_queries_excluded", "selected_epoch", "epochs_trained", "world_size"}
+)
+
+
+def is_metric(name: str, value: object) -> bool:
+    """Whether a metrics.json entry is a metric of the model (a number, not bookkeeping)."""
+    is_number = isinstance(value, int | float) and not isinstance(value, bool)
+    return is_number and name not in BOOKKEEPING
 
 
 @dataclass
