@@ -172,7 +172,10 @@ def _need_retrieval(ctx: _Context) -> str | None:
     return None
 
 
-def _grid_section(ctx: _Context, rows: np.ndarray, intro: str) -> str:
+def _grid_section(
+    ctx: _Context, pick: Callable[[Retrieval], np.ndarray], describe: Callable[[int], str]
+) -> str:
+    """A retrieval grid of the query rows `pick` chooses, introduced by `describe(count)`."""
     missing = _need_retrieval(ctx)
     if missing:
         return h.note(missing)
@@ -180,29 +183,29 @@ def _grid_section(ctx: _Context, rows: np.ndarray, intro: str) -> str:
     assert r is not None and record.query is not None and ctx.query_thumbs and ctx.gallery_thumbs
     gallery = record.query if r.leave_one_out else record.gallery
     assert gallery is not None
+    rows = pick(r)
     grid = retrieval_grid(rows, r, record.query, gallery, ctx.query_thumbs, ctx.gallery_thumbs)
-    return f"<p>{h.esc(intro)}</p>" + (h.note(ctx.images_note) if ctx.images_note else "") + grid
+    intro = f"<p>{h.esc(describe(len(rows)))}</p>"
+    return intro + (h.note(ctx.images_note) if ctx.images_note else "") + grid
 
 
 def _sample_section(ctx: _Context) -> str:
-    if ctx.retrieval is None:
-        return _grid_section(ctx, np.empty(0, int), "")
     o = ctx.options
-    rows = sample_queries(ctx.retrieval, o.grid_queries, o.seed)
     return _grid_section(
         ctx,
-        rows,
-        f"{len(rows)} queries drawn with seed {o.seed}, each with its top {o.top_k}: "
-        "green frames are correct results, red ones wrong; numbers are distances.",
+        lambda r: sample_queries(r, o.grid_queries, o.seed),
+        lambda n: (
+            f"{n} queries drawn with seed {o.seed}, each with its top {o.top_k}: "
+            "green frames are correct results, red ones wrong; numbers are distances."
+        ),
     )
 
 
 def _worst_section(ctx: _Context) -> str:
-    if ctx.retrieval is None:
-        return _grid_section(ctx, np.empty(0, int), "")
-    rows = worst_queries(ctx.retrieval, ctx.options.worst)
     return _grid_section(
-        ctx, rows, f"The {len(rows)} queries of lowest MAP@R: what the model confuses."
+        ctx,
+        lambda r: worst_queries(r, ctx.options.worst),
+        lambda n: f"The {n} queries of lowest MAP@R: what the model confuses.",
     )
 
 
